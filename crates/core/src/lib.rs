@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod model;
 pub mod shutdown;
 pub mod time;
 

@@ -1,1 +1,181 @@
-//! placeholder
+//! Xueliang's persistence: the [`Store`] trait, its SQLite and PostgreSQL backends and migrations.
+//!
+//! The store is the source of truth. Both backends run the same SQL text (positional `$N`
+//! parameters, millisecond integer times) and pass one contract test suite
+//! (`tests/contract.rs`). Several nodes may write one PostgreSQL database: rows that leave a
+//! node carry UUIDv7 ids and the writer's node id, and incident updates use optimistic versions.
+
+mod backend;
+mod error;
+mod migrate;
+mod model;
+pub mod testing;
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use xueliang_core::config::{Config, DatabaseTarget};
+use xueliang_core::{EntityId, Error, ErrorKind, NodeId, Timestamp};
+
+pub use migrate::{MIGRATIONS_POSTGRES, MIGRATIONS_SQLITE, Migration};
+pub use model::*;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which engine a store runs on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Everything the service keeps. Methods that change several tables do so in one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + Debug {
+    fn backend(&self) -> Backend;
+
+    /// The node this store writes as.
+    fn node_id(&self) -> &NodeId;
+
+    /// Cheap round trip, for health checks.
+    async fn ping(&self) -> Result<()>;
+
+    /// Applies pending migrations; returns the versions applied now.
+    async fn migrate(&self) -> Result<Vec<i64>>;
+
+    /// Highest applied migration, 0 on an empty database.
+    async fn schema_version(&self) -> Result<i64>;
+
+    /// Inserts configured cameras or renames them; keeps their state. Cameras no longer in the
+    /// configuration stay, because recordings refer to them.
+    async fn sync_cameras(&self, cameras: &[CameraUpsert], at: Timestamp) -> Result<()>;
+    async fn set_camera_state(&self, change: &CameraStateChange) -> Result<()>;
+    async fn list_cameras(&self) -> Result<Vec<CameraRecord>>;
+    async fn get_camera(&self, id: &str) -> Result<Option<CameraRecord>>;
+
+    async fn insert_segment(&self, segment: &Segment) -> Result<()>;
+    /// Segments of a camera that overlap `[from, to)`, oldest first.
+    async fn list_segments(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Segment>>;
+    async fn insert_gap(&self, gap: &Gap) -> Result<()>;
+    /// Gaps of a camera that overlap `[from, to)`; an open gap (no end) overlaps everything after it.
+    async fn list_gaps(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Gap>>;
+
+    /// Inserts configured devices or updates their name, location and camera links.
+    async fn sync_devices(&self, devices: &[DeviceUpsert], at: Timestamp) -> Result<()>;
+    async fn record_device_status(&self, status: &DeviceStatus) -> Result<()>;
+    async fn list_devices(&self) -> Result<Vec<DeviceRecord>>;
+
+    /// Stores a raw signal once: a second signal with the same `(source, source_id, seq)` is not
+    /// stored and the first one's id is returned.
+    async fn insert_signal(&self, signal: &Signal) -> Result<SignalInsert>;
+    async fn get_signal(&self, id: EntityId) -> Result<Option<Signal>>;
+
+    /// Creates an incident with its first change, linked signals and outbox entries, atomically.
+    async fn create_incident(&self, new: &NewIncident) -> Result<()>;
+    /// Applies `update` if the incident is still at `update.expected_version`, recording the
+    /// change and enqueuing the outbox entries in the same transaction. A concurrent writer
+    /// yields `FailedPrecondition`.
+    async fn update_incident(&self, update: &IncidentUpdate) -> Result<Incident>;
+    async fn get_incident(&self, id: EntityId) -> Result<Option<Incident>>;
+    async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>>;
+    async fn incident_changes(&self, id: EntityId) -> Result<Vec<IncidentChange>>;
+    async fn incident_signals(&self, id: EntityId) -> Result<Vec<Signal>>;
+
+    async fn enqueue_outbox(&self, entries: &[OutboxEntry]) -> Result<()>;
+    /// Undelivered, unexpired entries of `sink` due at `now`: by priority, then by id (age).
+    async fn pending_outbox(&self, sink: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxEntry>>;
+    async fn mark_outbox_delivered(&self, id: EntityId, at: Timestamp) -> Result<()>;
+    async fn mark_outbox_failed(&self, id: EntityId, next_attempt: Timestamp, error: &str) -> Result<()>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Audit entries at or after `since`, oldest first.
+    async fn list_audit(&self, since: Timestamp, limit: u32) -> Result<Vec<AuditEntry>>;
+
+    /// Makes the configuration-sourced tokens exactly `tokens` (hashes only).
+    async fn sync_api_tokens(&self, tokens: &[ApiToken], at: Timestamp) -> Result<()>;
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>>;
+    async fn touch_api_token(&self, name: &str, at: Timestamp) -> Result<()>;
+
+    /// Closes the pool, waiting for connections in use.
+    async fn close(&self);
+}
+
+/// Connection settings independent of the configuration file, for tools and tests.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub target: DatabaseTarget,
+    pub password: Option<String>,
+    pub max_connections: u32,
+    pub busy_timeout: Duration,
+}
+
+impl OpenOptions {
+    pub fn from_config(cfg: &Config) -> Self {
+        OpenOptions {
+            target: cfg.database_target(),
+            password: cfg.database.password.as_ref().map(|s| s.expose().to_owned()),
+            max_connections: cfg.database.max_connections,
+            busy_timeout: Duration::from_millis(cfg.database.busy_timeout_ms.into()),
+        }
+    }
+
+    pub fn sqlite(path: &Path) -> Self {
+        OpenOptions {
+            target: DatabaseTarget::Sqlite {
+                path: path.to_owned(),
+            },
+            password: None,
+            max_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn postgres(url: &str) -> Self {
+        OpenOptions {
+            target: DatabaseTarget::Postgres { url: url.to_owned() },
+            password: None,
+            max_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens (and for SQLite creates) the database. Does not migrate: call [`Store::migrate`].
+pub async fn open(opts: &OpenOptions, node: NodeId) -> Result<Arc<dyn Store>> {
+    match &opts.target {
+        DatabaseTarget::Sqlite { path } => {
+            Ok(Arc::new(backend::sqlite::SqliteStore::open(path, opts, node).await?))
+        }
+        DatabaseTarget::Postgres { url } => {
+            Ok(Arc::new(backend::postgres::PgStore::open(url, opts, node).await?))
+        }
+    }
+}
+
+/// A URL safe to print: no password, no query string.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "(unparseable database url)".into(),
+    }
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidArgument, msg)
+}

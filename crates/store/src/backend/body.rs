@@ -1,0 +1,910 @@
+// Query code shared by both backends. Included by `sqlite.rs` and `postgres.rs`, which define
+// `Db`, `BACKEND`, `StoreImpl`, `MIGRATIONS` and `migrate_impl`. One SQL text serves both
+// engines: `$N` parameters, integer milliseconds, `CAST(.. AS ..)` instead of `::`.
+
+use async_trait::async_trait;
+use sqlx::Row as _;
+use xueliang_core::model::{CameraState, Condition, IncidentState, Outcome, SignalSource};
+use xueliang_core::{EntityId, Timestamp};
+
+use crate::error::db;
+use crate::model::*;
+
+type DbRow = <Db as sqlx::Database>::Row;
+
+fn col<'r, T>(row: &'r DbRow, name: &'static str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
+{
+    row.try_get::<T, _>(name).map_err(db("decode column"))
+}
+
+fn ts(row: &DbRow, name: &'static str) -> Result<Timestamp> {
+    Ok(Timestamp::from_millis(col::<i64>(row, name)?))
+}
+
+fn opt_ts(row: &DbRow, name: &'static str) -> Result<Option<Timestamp>> {
+    Ok(col::<Option<i64>>(row, name)?.map(Timestamp::from_millis))
+}
+
+fn id(row: &DbRow, name: &'static str) -> Result<EntityId> {
+    let s: String = col(row, name)?;
+    s.parse()
+        .map_err(|e| Error::with_source(ErrorKind::DataLoss, format!("bad id {s:?} in column {name}"), e))
+}
+
+fn parsed<T: FromStr<Err = Error>>(row: &DbRow, name: &'static str) -> Result<T> {
+    let s: String = col(row, name)?;
+    s.parse()
+}
+
+fn opt_parsed<T: FromStr<Err = Error>>(row: &DbRow, name: &'static str) -> Result<Option<T>> {
+    col::<Option<String>>(row, name)?.map(|s| s.parse()).transpose()
+}
+
+fn json_list(row: &DbRow, name: &'static str) -> Result<Vec<String>> {
+    let s: String = col(row, name)?;
+    serde_json::from_str(&s)
+        .map_err(|e| Error::with_source(ErrorKind::DataLoss, format!("bad list in column {name}"), e))
+}
+
+const CAMERA_COLS: &str = "id, node_id, name, state, last_error, state_since_ms, updated_ms";
+
+fn camera(row: &DbRow) -> Result<CameraRecord> {
+    Ok(CameraRecord {
+        id: col(row, "id")?,
+        node_id: col(row, "node_id")?,
+        name: col(row, "name")?,
+        state: parsed::<CameraState>(row, "state")?,
+        last_error: col(row, "last_error")?,
+        state_since: ts(row, "state_since_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+    })
+}
+
+fn segment(row: &DbRow) -> Result<Segment> {
+    Ok(Segment {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        camera_id: col(row, "camera_id")?,
+        stream: col(row, "stream")?,
+        start: ts(row, "start_ms")?,
+        end: ts(row, "end_ms")?,
+        bytes: col(row, "bytes")?,
+        frames: col(row, "frames")?,
+        path: col(row, "path")?,
+        sha256: col(row, "sha256")?,
+        pinned_until: opt_ts(row, "pinned_until_ms")?,
+        created_at: ts(row, "created_ms")?,
+    })
+}
+
+fn gap(row: &DbRow) -> Result<Gap> {
+    Ok(Gap {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        camera_id: col(row, "camera_id")?,
+        start: ts(row, "start_ms")?,
+        end: opt_ts(row, "end_ms")?,
+        reason: col(row, "reason")?,
+        created_at: ts(row, "created_ms")?,
+    })
+}
+
+const SIGNAL_COLS: &str =
+    "id, node_id, source, source_id, seq, kind, device_ts_ms, received_ms, payload";
+
+fn signal(row: &DbRow) -> Result<Signal> {
+    Ok(Signal {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        source: parsed::<SignalSource>(row, "source")?,
+        source_id: col(row, "source_id")?,
+        seq: col(row, "seq")?,
+        kind: col(row, "kind")?,
+        device_ts: opt_ts(row, "device_ts_ms")?,
+        received_at: ts(row, "received_ms")?,
+        payload: col(row, "payload")?,
+    })
+}
+
+const INCIDENT_COLS: &str = "id, node_id, kind, source_id, priority, condition, state, outcome, \
+     title, lat, lon, opened_ms, updated_ms, resolved_ms, escalation_level, signal_count, version";
+
+fn incident(row: &DbRow) -> Result<Incident> {
+    Ok(Incident {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        kind: col(row, "kind")?,
+        source_id: col(row, "source_id")?,
+        priority: col(row, "priority")?,
+        condition: parsed::<Condition>(row, "condition")?,
+        state: parsed::<IncidentState>(row, "state")?,
+        outcome: opt_parsed::<Outcome>(row, "outcome")?,
+        title: col(row, "title")?,
+        lat: col(row, "lat")?,
+        lon: col(row, "lon")?,
+        opened_at: ts(row, "opened_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+        resolved_at: opt_ts(row, "resolved_ms")?,
+        escalation_level: col(row, "escalation_level")?,
+        signal_count: col(row, "signal_count")?,
+        version: col(row, "version")?,
+    })
+}
+
+fn change(row: &DbRow) -> Result<IncidentChange> {
+    Ok(IncidentChange {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        incident_id: id(row, "incident_id")?,
+        at: ts(row, "at_ms")?,
+        actor: col(row, "actor")?,
+        from_state: opt_parsed::<IncidentState>(row, "from_state")?,
+        to_state: parsed::<IncidentState>(row, "to_state")?,
+        outcome: opt_parsed::<Outcome>(row, "outcome")?,
+        note: col(row, "note")?,
+    })
+}
+
+const OUTBOX_COLS: &str = "id, node_id, sink, channel, priority, created_ms, payload, attempts, \
+     next_attempt_ms, last_error, delivered_ms, expired_ms";
+
+fn outbox(row: &DbRow) -> Result<OutboxEntry> {
+    Ok(OutboxEntry {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        sink: col(row, "sink")?,
+        channel: col(row, "channel")?,
+        priority: col(row, "priority")?,
+        created_at: ts(row, "created_ms")?,
+        payload: col(row, "payload")?,
+        attempts: col(row, "attempts")?,
+        next_attempt: ts(row, "next_attempt_ms")?,
+        last_error: col(row, "last_error")?,
+        delivered_at: opt_ts(row, "delivered_ms")?,
+        expired_at: opt_ts(row, "expired_ms")?,
+    })
+}
+
+fn audit(row: &DbRow) -> Result<AuditEntry> {
+    let kind: String = col(row, "actor_kind")?;
+    let actor_kind = match kind.as_str() {
+        "user" => ActorKind::User,
+        "token" => ActorKind::Token,
+        "system" => ActorKind::System,
+        other => {
+            return Err(Error::new(ErrorKind::DataLoss, format!("bad actor_kind {other:?}")));
+        }
+    };
+    Ok(AuditEntry {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        at: ts(row, "at_ms")?,
+        actor: col(row, "actor")?,
+        actor_kind,
+        action: col(row, "action")?,
+        target: col(row, "target")?,
+        detail: col(row, "detail")?,
+        remote_addr: col(row, "remote_addr")?,
+    })
+}
+
+fn api_token(row: &DbRow) -> Result<ApiToken> {
+    let role: String = col(row, "role")?;
+    let role = match role.as_str() {
+        "admin" => xueliang_core::config::Role::Admin,
+        "operator" => xueliang_core::config::Role::Operator,
+        "duty" => xueliang_core::config::Role::Duty,
+        "viewer" => xueliang_core::config::Role::Viewer,
+        other => return Err(Error::new(ErrorKind::DataLoss, format!("bad role {other:?}"))),
+    };
+    Ok(ApiToken {
+        name: col(row, "name")?,
+        token_sha256: col(row, "token_sha256")?,
+        role,
+        cameras: json_list(row, "cameras")?,
+        devices: json_list(row, "devices")?,
+        last_used: opt_ts(row, "last_used_ms")?,
+    })
+}
+
+fn json_text(list: &[String]) -> String {
+    serde_json::Value::from(list.to_vec()).to_string()
+}
+
+async fn apply_pending(
+    conn: &mut sqlx::pool::PoolConnection<Db>,
+    known: &[crate::Migration],
+) -> Result<Vec<i64>> {
+    use sqlx::Executor;
+    let rows = sqlx::query("SELECT version, checksum FROM schema_migrations ORDER BY version")
+        .fetch_all(&mut **conn)
+        .await
+        .map_err(db("read schema_migrations"))?;
+    let applied = rows
+        .iter()
+        .map(|r| Ok((col::<i64>(r, "version")?, col::<String>(r, "checksum")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut done = Vec::new();
+    for m in crate::migrate::plan(&applied, known)? {
+        conn.execute(m.sql).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Internal,
+                format!("migration {} ({}) failed", m.version, m.description),
+                e,
+            )
+        })?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, description, checksum, applied_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(m.version)
+        .bind(m.description)
+        .bind(m.checksum())
+        .bind(xueliang_core::Clock::now(&xueliang_core::SystemClock).as_millis())
+        .execute(&mut **conn)
+        .await
+        .map_err(db("record migration"))?;
+        tracing::info!(backend = BACKEND.as_str(), version = m.version, description = m.description, "applied migration");
+        done.push(m.version);
+    }
+    Ok(done)
+}
+
+async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Db>, entries: &[OutboxEntry]) -> Result<()> {
+    for e in entries {
+        sqlx::query(
+            "INSERT INTO outbox (id, node_id, sink, channel, priority, created_ms, payload, attempts, \
+             next_attempt_ms, last_error, delivered_ms, expired_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(e.id.to_string())
+        .bind(&e.node_id)
+        .bind(&e.sink)
+        .bind(&e.channel)
+        .bind(e.priority)
+        .bind(e.created_at.as_millis())
+        .bind(&e.payload)
+        .bind(e.attempts)
+        .bind(e.next_attempt.as_millis())
+        .bind(&e.last_error)
+        .bind(e.delivered_at.map(Timestamp::as_millis))
+        .bind(e.expired_at.map(Timestamp::as_millis))
+        .execute(&mut **tx)
+        .await
+        .map_err(db("insert outbox entry"))?;
+    }
+    Ok(())
+}
+
+async fn insert_change(tx: &mut sqlx::Transaction<'_, Db>, c: &IncidentChange) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO incident_changes (id, node_id, incident_id, at_ms, actor, from_state, to_state, outcome, note) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(c.id.to_string())
+    .bind(&c.node_id)
+    .bind(c.incident_id.to_string())
+    .bind(c.at.as_millis())
+    .bind(&c.actor)
+    .bind(c.from_state.map(|s| s.as_str()))
+    .bind(c.to_state.as_str())
+    .bind(c.outcome.map(|o| o.as_str()))
+    .bind(&c.note)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert incident change"))?;
+    Ok(())
+}
+
+async fn link_signals(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    incident: EntityId,
+    signals: &[EntityId],
+) -> Result<()> {
+    for s in signals {
+        sqlx::query(
+            "INSERT INTO incident_signals (incident_id, signal_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(incident.to_string())
+        .bind(s.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("link signal to incident"))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl crate::Store for StoreImpl {
+    fn backend(&self) -> Backend {
+        BACKEND
+    }
+
+    fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db("ping"))?;
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<Vec<i64>> {
+        self.migrate_impl().await
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        use sqlx::Executor;
+        self.pool
+            .execute(crate::migrate::CREATE_MIGRATIONS_TABLE)
+            .await
+            .map_err(db("create schema_migrations"))?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read schema version"))?;
+        col::<i64>(&row, "v")
+    }
+
+    async fn sync_cameras(&self, cameras: &[CameraUpsert], at: Timestamp) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for c in cameras {
+            sqlx::query(
+                "INSERT INTO cameras (id, node_id, name, state, last_error, state_since_ms, updated_ms) \
+                 VALUES ($1, $2, $3, 'connecting', NULL, $4, $4) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, node_id = excluded.node_id, \
+                 updated_ms = excluded.updated_ms",
+            )
+            .bind(&c.id)
+            .bind(self.node.as_str())
+            .bind(&c.name)
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("upsert camera"))?;
+        }
+        tx.commit().await.map_err(db("commit cameras"))?;
+        Ok(())
+    }
+
+    async fn set_camera_state(&self, c: &CameraStateChange) -> Result<()> {
+        // state_since moves only when the state does, so "offline since 03:12" survives retries.
+        let r = sqlx::query(
+            "UPDATE cameras SET \
+             state_since_ms = CASE WHEN state = $2 THEN state_since_ms ELSE $4 END, \
+             state = $2, last_error = $3, updated_ms = $4 WHERE id = $1",
+        )
+        .bind(&c.camera_id)
+        .bind(c.state.as_str())
+        .bind(&c.last_error)
+        .bind(c.at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("update camera state"))?;
+        if r.rows_affected() == 0 {
+            return Err(Error::new(ErrorKind::NotFound, format!("no camera {:?}", c.camera_id)));
+        }
+        Ok(())
+    }
+
+    async fn list_cameras(&self) -> Result<Vec<CameraRecord>> {
+        let sql = format!("SELECT {CAMERA_COLS} FROM cameras ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list cameras"))?;
+        rows.iter().map(camera).collect()
+    }
+
+    async fn get_camera(&self, camera_id: &str) -> Result<Option<CameraRecord>> {
+        let sql = format!("SELECT {CAMERA_COLS} FROM cameras WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(camera_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get camera"))?;
+        row.as_ref().map(camera).transpose()
+    }
+
+    async fn insert_segment(&self, s: &Segment) -> Result<()> {
+        if s.end < s.start {
+            return Err(crate::invalid(format!("segment {} ends before it starts", s.id)));
+        }
+        sqlx::query(
+            "INSERT INTO recording_segments (id, node_id, camera_id, stream, start_ms, end_ms, bytes, frames, \
+             path, sha256, pinned_until_ms, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(s.id.to_string())
+        .bind(&s.node_id)
+        .bind(&s.camera_id)
+        .bind(&s.stream)
+        .bind(s.start.as_millis())
+        .bind(s.end.as_millis())
+        .bind(s.bytes)
+        .bind(s.frames)
+        .bind(&s.path)
+        .bind(&s.sha256)
+        .bind(s.pinned_until.map(Timestamp::as_millis))
+        .bind(s.created_at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("insert segment"))?;
+        Ok(())
+    }
+
+    async fn list_segments(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Segment>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, camera_id, stream, start_ms, end_ms, bytes, frames, path, sha256, \
+             pinned_until_ms, created_ms FROM recording_segments \
+             WHERE camera_id = $1 AND start_ms < $3 AND end_ms > $2 ORDER BY start_ms, id",
+        )
+        .bind(camera_id)
+        .bind(from.as_millis())
+        .bind(to.as_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list segments"))?;
+        rows.iter().map(segment).collect()
+    }
+
+    async fn insert_gap(&self, g: &Gap) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO recording_gaps (id, node_id, camera_id, start_ms, end_ms, reason, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(g.id.to_string())
+        .bind(&g.node_id)
+        .bind(&g.camera_id)
+        .bind(g.start.as_millis())
+        .bind(g.end.map(Timestamp::as_millis))
+        .bind(&g.reason)
+        .bind(g.created_at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("insert gap"))?;
+        Ok(())
+    }
+
+    async fn list_gaps(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Gap>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, camera_id, start_ms, end_ms, reason, created_ms FROM recording_gaps \
+             WHERE camera_id = $1 AND start_ms < $3 AND (end_ms IS NULL OR end_ms > $2) ORDER BY start_ms, id",
+        )
+        .bind(camera_id)
+        .bind(from.as_millis())
+        .bind(to.as_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list gaps"))?;
+        rows.iter().map(gap).collect()
+    }
+
+    async fn sync_devices(&self, devices: &[DeviceUpsert], at: Timestamp) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for d in devices {
+            sqlx::query(
+                "INSERT INTO devices (id, node_id, name, lat, lon, updated_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id, name = excluded.name, \
+                 lat = excluded.lat, lon = excluded.lon, updated_ms = excluded.updated_ms",
+            )
+            .bind(&d.id)
+            .bind(self.node.as_str())
+            .bind(&d.name)
+            .bind(d.lat)
+            .bind(d.lon)
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("upsert device"))?;
+            sqlx::query("DELETE FROM device_cameras WHERE device_id = $1")
+                .bind(&d.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("clear device cameras"))?;
+            for cam in &d.cameras {
+                sqlx::query("INSERT INTO device_cameras (device_id, camera_id) VALUES ($1, $2)")
+                    .bind(&d.id)
+                    .bind(cam)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("link device camera"))?;
+            }
+        }
+        tx.commit().await.map_err(db("commit devices"))?;
+        Ok(())
+    }
+
+    async fn record_device_status(&self, s: &DeviceStatus) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE devices SET online = COALESCE($2, online), battery = COALESCE($3, battery), \
+             rssi = COALESCE($4, rssi), last_seen_ms = $5, updated_ms = $5 \
+             WHERE id = $1 AND (last_seen_ms IS NULL OR last_seen_ms <= $5)",
+        )
+        .bind(&s.device_id)
+        .bind(s.online)
+        .bind(s.battery)
+        .bind(s.rssi)
+        .bind(s.at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("update device status"))?;
+        if r.rows_affected() == 0 {
+            // Either unknown, or older than what we have (kept: news does not go backwards).
+            let exists = sqlx::query("SELECT 1 AS one FROM devices WHERE id = $1")
+                .bind(&s.device_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("find device"))?;
+            if exists.is_none() {
+                return Err(Error::new(ErrorKind::NotFound, format!("no device {:?}", s.device_id)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_devices(&self) -> Result<Vec<DeviceRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, name, lat, lon, online, battery, rssi, last_seen_ms FROM devices ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list devices"))?;
+        let links = sqlx::query("SELECT device_id, camera_id FROM device_cameras ORDER BY device_id, camera_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list device cameras"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let device_id: String = col(r, "id")?;
+            let mut cameras = Vec::new();
+            for l in &links {
+                if col::<String>(l, "device_id")? == device_id {
+                    cameras.push(col(l, "camera_id")?);
+                }
+            }
+            out.push(DeviceRecord {
+                id: device_id,
+                node_id: col(r, "node_id")?,
+                name: col(r, "name")?,
+                lat: col(r, "lat")?,
+                lon: col(r, "lon")?,
+                cameras,
+                online: col(r, "online")?,
+                battery: col(r, "battery")?,
+                rssi: col(r, "rssi")?,
+                last_seen: opt_ts(r, "last_seen_ms")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn insert_signal(&self, s: &Signal) -> Result<SignalInsert> {
+        let r = sqlx::query(
+            "INSERT INTO alarm_signals (id, node_id, source, source_id, seq, kind, device_ts_ms, received_ms, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, source_id, seq) DO NOTHING",
+        )
+        .bind(s.id.to_string())
+        .bind(&s.node_id)
+        .bind(s.source.as_str())
+        .bind(&s.source_id)
+        .bind(s.seq)
+        .bind(&s.kind)
+        .bind(s.device_ts.map(Timestamp::as_millis))
+        .bind(s.received_at.as_millis())
+        .bind(&s.payload)
+        .execute(&self.pool)
+        .await
+        .map_err(db("insert signal"))?;
+        if r.rows_affected() == 1 {
+            return Ok(SignalInsert::Inserted);
+        }
+        let row = sqlx::query("SELECT id FROM alarm_signals WHERE source = $1 AND source_id = $2 AND seq = $3")
+            .bind(s.source.as_str())
+            .bind(&s.source_id)
+            .bind(s.seq)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("find duplicate signal"))?;
+        Ok(SignalInsert::Duplicate(id(&row, "id")?))
+    }
+
+    async fn get_signal(&self, signal_id: EntityId) -> Result<Option<Signal>> {
+        let sql = format!("SELECT {SIGNAL_COLS} FROM alarm_signals WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(signal_id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get signal"))?;
+        row.as_ref().map(signal).transpose()
+    }
+
+    async fn create_incident(&self, new: &NewIncident) -> Result<()> {
+        let i = &new.incident;
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query(
+            "INSERT INTO incidents (id, node_id, kind, source_id, priority, condition, state, outcome, title, \
+             lat, lon, opened_ms, updated_ms, resolved_ms, escalation_level, signal_count, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1)",
+        )
+        .bind(i.id.to_string())
+        .bind(&i.node_id)
+        .bind(&i.kind)
+        .bind(&i.source_id)
+        .bind(i.priority)
+        .bind(i.condition.as_str())
+        .bind(i.state.as_str())
+        .bind(i.outcome.map(|o| o.as_str()))
+        .bind(&i.title)
+        .bind(i.lat)
+        .bind(i.lon)
+        .bind(i.opened_at.as_millis())
+        .bind(i.updated_at.as_millis())
+        .bind(i.resolved_at.map(Timestamp::as_millis))
+        .bind(i.escalation_level)
+        .bind(new.signals.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("insert incident"))?;
+        insert_change(&mut tx, &new.change).await?;
+        link_signals(&mut tx, i.id, &new.signals).await?;
+        insert_outbox(&mut tx, &new.outbox).await?;
+        tx.commit().await.map_err(db("commit incident"))?;
+        Ok(())
+    }
+
+    async fn update_incident(&self, u: &IncidentUpdate) -> Result<Incident> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let r = sqlx::query(
+            "UPDATE incidents SET state = $1, condition = $2, outcome = $3, priority = $4, \
+             escalation_level = $5, updated_ms = $6, \
+             resolved_ms = CASE WHEN $1 = 'resolved' THEN COALESCE(resolved_ms, $6) ELSE NULL END, \
+             signal_count = signal_count + $7, version = version + 1 \
+             WHERE id = $8 AND version = $9",
+        )
+        .bind(u.state.as_str())
+        .bind(u.condition.as_str())
+        .bind(u.outcome.map(|o| o.as_str()))
+        .bind(u.priority)
+        .bind(u.escalation_level)
+        .bind(u.at.as_millis())
+        .bind(u.add_signals.len() as i64)
+        .bind(u.id.to_string())
+        .bind(u.expected_version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("update incident"))?;
+        if r.rows_affected() == 0 {
+            drop(tx);
+            return Err(match self.get_incident(u.id).await? {
+                None => Error::new(ErrorKind::NotFound, format!("no incident {}", u.id)),
+                Some(cur) => Error::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "incident {} changed meanwhile (version {}, expected {}); reload and retry",
+                        u.id, cur.version, u.expected_version
+                    ),
+                ),
+            });
+        }
+        if let Some(c) = &u.change {
+            insert_change(&mut tx, c).await?;
+        }
+        link_signals(&mut tx, u.id, &u.add_signals).await?;
+        insert_outbox(&mut tx, &u.outbox).await?;
+        tx.commit().await.map_err(db("commit incident update"))?;
+        self.get_incident(u.id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::Internal, format!("incident {} vanished", u.id)))
+    }
+
+    async fn get_incident(&self, incident_id: EntityId) -> Result<Option<Incident>> {
+        let sql = format!("SELECT {INCIDENT_COLS} FROM incidents WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(incident_id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get incident"))?;
+        row.as_ref().map(incident).transpose()
+    }
+
+    async fn list_incidents(&self, f: &IncidentFilter) -> Result<Vec<Incident>> {
+        // Alarm-wall order: most urgent first, then oldest first.
+        let sql = format!(
+            "SELECT {INCIDENT_COLS} FROM incidents \
+             WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) \
+             AND ($2 = 0 OR state <> 'resolved') \
+             AND (CAST($3 AS BIGINT) IS NULL OR opened_ms >= $3) \
+             ORDER BY priority, opened_ms, id LIMIT $4"
+        );
+        let limit = if f.limit == 0 { 500 } else { f.limit.min(10_000) };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(f.state.map(|s| s.as_str()))
+            .bind(i64::from(f.open_only))
+            .bind(f.since.map(Timestamp::as_millis))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list incidents"))?;
+        rows.iter().map(incident).collect()
+    }
+
+    async fn incident_changes(&self, incident_id: EntityId) -> Result<Vec<IncidentChange>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, incident_id, at_ms, actor, from_state, to_state, outcome, note \
+             FROM incident_changes WHERE incident_id = $1 ORDER BY at_ms, id",
+        )
+        .bind(incident_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list incident changes"))?;
+        rows.iter().map(change).collect()
+    }
+
+    async fn incident_signals(&self, incident_id: EntityId) -> Result<Vec<Signal>> {
+        let sql = format!(
+            "SELECT {cols} FROM alarm_signals s JOIN incident_signals l ON l.signal_id = s.id \
+             WHERE l.incident_id = $1 ORDER BY s.received_ms, s.id",
+            cols = SIGNAL_COLS
+                .split(", ")
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(incident_id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list incident signals"))?;
+        rows.iter().map(signal).collect()
+    }
+
+    async fn enqueue_outbox(&self, entries: &[OutboxEntry]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        insert_outbox(&mut tx, entries).await?;
+        tx.commit().await.map_err(db("commit outbox"))?;
+        Ok(())
+    }
+
+    async fn pending_outbox(&self, sink: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxEntry>> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE sink = $1 AND delivered_ms IS NULL \
+             AND expired_ms IS NULL AND next_attempt_ms <= $2 ORDER BY priority, id LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(sink)
+            .bind(now.as_millis())
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list pending outbox"))?;
+        rows.iter().map(outbox).collect()
+    }
+
+    async fn mark_outbox_delivered(&self, entry: EntityId, at: Timestamp) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE outbox SET delivered_ms = $2, attempts = attempts + 1, last_error = NULL \
+             WHERE id = $1 AND delivered_ms IS NULL",
+        )
+        .bind(entry.to_string())
+        .bind(at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("mark outbox delivered"))?;
+        if r.rows_affected() == 0 {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                format!("outbox entry {entry} is unknown or already delivered"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn mark_outbox_failed(&self, entry: EntityId, next_attempt: Timestamp, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $2, last_error = $3 \
+             WHERE id = $1 AND delivered_ms IS NULL",
+        )
+        .bind(entry.to_string())
+        .bind(next_attempt.as_millis())
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(db("mark outbox failed"))?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, node_id, at_ms, actor, actor_kind, action, target, detail, remote_addr) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(e.id.to_string())
+        .bind(&e.node_id)
+        .bind(e.at.as_millis())
+        .bind(&e.actor)
+        .bind(e.actor_kind.as_str())
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.detail)
+        .bind(&e.remote_addr)
+        .execute(&self.pool)
+        .await
+        .map_err(db("append audit entry"))?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, since: Timestamp, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, at_ms, actor, actor_kind, action, target, detail, remote_addr \
+             FROM audit_log WHERE at_ms >= $1 ORDER BY at_ms, id LIMIT $2",
+        )
+        .bind(since.as_millis())
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list audit entries"))?;
+        rows.iter().map(audit).collect()
+    }
+
+    async fn sync_api_tokens(&self, tokens: &[ApiToken], at: Timestamp) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let existing = sqlx::query("SELECT name FROM api_tokens WHERE source = 'config'")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("list tokens"))?;
+        for r in &existing {
+            let name: String = col(r, "name")?;
+            if !tokens.iter().any(|t| t.name == name) {
+                sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("delete token"))?;
+            }
+        }
+        for t in tokens {
+            sqlx::query(
+                "INSERT INTO api_tokens (name, token_sha256, role, cameras, devices, source, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 'config', $6) \
+                 ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256, role = excluded.role, \
+                 cameras = excluded.cameras, devices = excluded.devices, updated_ms = excluded.updated_ms",
+            )
+            .bind(&t.name)
+            .bind(&t.token_sha256)
+            .bind(t.role.as_str())
+            .bind(json_text(&t.cameras))
+            .bind(json_text(&t.devices))
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("upsert token"))?;
+        }
+        tx.commit().await.map_err(db("commit tokens"))?;
+        Ok(())
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+        let rows = sqlx::query(
+            "SELECT name, token_sha256, role, cameras, devices, last_used_ms FROM api_tokens ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list tokens"))?;
+        rows.iter().map(api_token).collect()
+    }
+
+    async fn touch_api_token(&self, name: &str, at: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET last_used_ms = $2 WHERE name = $1")
+            .bind(name)
+            .bind(at.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(db("touch token"))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
