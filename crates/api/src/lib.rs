@@ -1,1 +1,150 @@
-//! placeholder
+//! The HTTP face of a node: `/healthz`, `/metrics` and the bearer-token `/api/v1` resources.
+//!
+//! Handlers read the store (the source of truth) and the configuration; they never hold a lock
+//! across an await. Errors leave as `{"error": {"kind": ..., "message": ...}}`.
+
+mod auth;
+mod cameras;
+mod error;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, State};
+use axum::http::{Request, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+use xueliang_core::config::Config;
+use xueliang_core::shutdown::Shutdown;
+use xueliang_core::{Clock, Error, ErrorKind, ResultExt};
+use xueliang_store::Store;
+
+pub use auth::{Principal, TokenSet};
+pub use error::ApiError;
+pub use metrics::HttpMetrics;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<TokenSet>,
+    pub registry: prometheus::Registry,
+    pub metrics: HttpMetrics,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AppState {
+    /// Builds the state, registering the HTTP metrics in `registry` (the one created in main).
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        registry: prometheus::Registry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let metrics = HttpMetrics::register(&registry)?;
+        let tokens = Arc::new(TokenSet::from_config(&config.api.tokens));
+        Ok(AppState {
+            config,
+            store,
+            tokens,
+            registry,
+            metrics,
+            clock,
+        })
+    }
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/cameras", get(cameras::list))
+        .route("/cameras/{id}", get(cameras::get_one))
+        .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+
+    let metrics_route = if state.config.api.metrics_auth {
+        get(metrics_text).layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+    } else {
+        get(metrics_text)
+    };
+
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", metrics_route)
+        .nest("/api/v1", api)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|m| m.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".into());
+                    // The path only, never the query: it may carry times but must not carry tokens.
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), route = %route)
+                })
+                .on_response(
+                    |res: &Response, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "request");
+                    },
+                )
+                .on_failure(()),
+        )
+        .with_state(state)
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await;
+    let (status, db_state) = match db {
+        Ok(Ok(())) => (StatusCode::OK, "ok"),
+        Ok(Err(e)) => {
+            tracing::warn!(err = %e.chain(), "health check: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "node": st.config.node.id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "database": { "backend": st.store.backend().as_str(), "state": db_state },
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+    use prometheus::Encoder;
+    let enc = prometheus::TextEncoder::new();
+    let mut buf = Vec::new();
+    enc.encode(&st.registry.gather(), &mut buf)
+        .err_kind(ErrorKind::Internal, || "encode metrics".into())?;
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response())
+}
+
+/// Binds `addr`, with a clear error when it is taken.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .err_kind(ErrorKind::Unavailable, || format!("cannot listen on {addr} (api.listen)"))
+}
+
+/// Serves until `shutdown` fires, then finishes requests in flight.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: Shutdown) -> Result<(), Error> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .err_kind(ErrorKind::Unavailable, || "HTTP server failed".into())
+}
+
+#[cfg(test)]
+mod tests;

@@ -188,7 +188,6 @@ local_id = "3403000000200000001"
 server_id = "34020000002000000001"
 server_domain = "3402000000"
 server_addr = "city.example:5060"
-password = "p"
 "#;
     let m = messages(text);
     assert_eq!(m.len(), 1, "{m:?}");

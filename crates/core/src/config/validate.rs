@@ -492,8 +492,5 @@ fn bridge(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) {
             ("password", "password_file"),
             out,
         );
-        if g.password.is_none() {
-            out.push((gp.key("password"), "is required (password, password_file or XUELIANG_GB28181_PASSWORD)".into()));
-        }
     }
 }
