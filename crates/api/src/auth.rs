@@ -8,8 +8,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use xueliang_core::config::{Role, TokenConfig};
 use xueliang_core::ErrorKind;
+use xueliang_core::config::{Role, TokenConfig};
 
 use crate::{ApiError, AppState};
 
@@ -122,7 +122,10 @@ pub(crate) async fn require_token(
             )
         })?;
     let value = header.to_str().map_err(|_| {
-        ApiError::new(ErrorKind::Unauthenticated, "Authorization header is not ASCII")
+        ApiError::new(
+            ErrorKind::Unauthenticated,
+            "Authorization header is not ASCII",
+        )
     })?;
     let token = value
         .strip_prefix("Bearer ")
@@ -169,7 +172,12 @@ mod tests {
         assert_eq!(p.actor, "token:desk");
         assert_eq!(p.role, Role::Duty);
         assert!(p.cameras.allows("gate") && !p.cameras.allows("yard"));
-        assert!(set.verify("ops-token-0123456789").unwrap().cameras.allows("yard"));
+        assert!(
+            set.verify("ops-token-0123456789")
+                .unwrap()
+                .cameras
+                .allows("yard")
+        );
         assert!(set.verify("ops-token-012345678").is_none());
         assert!(set.verify("").is_none());
         assert_eq!(set.len(), 2);

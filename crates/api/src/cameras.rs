@@ -1,8 +1,8 @@
 //! `GET /api/v1/cameras` and `/cameras/{id}`: configured cameras with their stored state.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::Extension;
 use serde::Serialize;
 use xueliang_core::config::CameraConfig;
 use xueliang_core::model::CameraState;

@@ -58,7 +58,10 @@ impl IntoResponse for ApiError {
 }
 
 pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(ErrorKind::NotFound, format!("no such resource: {method} {}", uri.path()))
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no such resource: {method} {}", uri.path()),
+    )
 }
 
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {

@@ -66,10 +66,16 @@ pub fn router(state: AppState) -> Router {
         .route("/cameras", get(cameras::list))
         .route("/cameras/{id}", get(cameras::get_one))
         .fallback(error::not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
 
     let metrics_route = if state.config.api.metrics_auth {
-        get(metrics_text).layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        get(metrics_text).layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
     } else {
         get(metrics_text)
     };
@@ -134,11 +140,17 @@ async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .err_kind(ErrorKind::Unavailable, || format!("cannot listen on {addr} (api.listen)"))
+        .err_kind(ErrorKind::Unavailable, || {
+            format!("cannot listen on {addr} (api.listen)")
+        })
 }
 
 /// Serves until `shutdown` fires, then finishes requests in flight.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: Shutdown) -> Result<(), Error> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -20,13 +20,19 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(registry: &Registry) -> Result<Self, Error> {
         let requests = IntCounterVec::new(
-            Opts::new("xueliang_http_requests_total", "HTTP requests answered, by route, method and status"),
+            Opts::new(
+                "xueliang_http_requests_total",
+                "HTTP requests answered, by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .err_kind(ErrorKind::Internal, || "define http metrics".into())?;
         let duration = HistogramVec::new(
-            HistogramOpts::new("xueliang_http_request_duration_seconds", "Time to answer an HTTP request")
-                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            HistogramOpts::new(
+                "xueliang_http_request_duration_seconds",
+                "Time to answer an HTTP request",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             &["route"],
         )
         .err_kind(ErrorKind::Internal, || "define http metrics".into())?;

@@ -45,7 +45,13 @@ url = "rtsp://192.0.2.11/stream1"
     let store = db.open("edge-01").await.unwrap();
     store
         .sync_cameras(
-            &cfg.cameras.iter().map(|c| CameraUpsert { id: c.id.clone(), name: c.name.clone() }).collect::<Vec<_>>(),
+            &cfg.cameras
+                .iter()
+                .map(|c| CameraUpsert {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                })
+                .collect::<Vec<_>>(),
             Timestamp::from_millis(0),
         )
         .await
@@ -59,16 +65,30 @@ url = "rtsp://192.0.2.11/stream1"
         })
         .await
         .unwrap();
-    let state = AppState::new(cfg, store, prometheus::Registry::new(), Arc::new(SystemClock)).unwrap();
+    let state = AppState::new(
+        cfg,
+        store,
+        prometheus::Registry::new(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     (router(state.clone()), db, state)
 }
 
-async fn call(app: &Router, uri: &str, token: Option<&str>) -> (StatusCode, serde_json::Value, String) {
+async fn call(
+    app: &Router,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, serde_json::Value, String) {
     let mut req = Request::get(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = res.status();
     let ctype = res
         .headers()
@@ -77,7 +97,11 @@ async fn call(app: &Router, uri: &str, token: Option<&str>) -> (StatusCode, serd
         .unwrap_or_default();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    let text = if json.is_null() { String::from_utf8_lossy(&bytes).into_owned() } else { ctype };
+    let text = if json.is_null() {
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        ctype
+    };
     (status, json, text)
 }
 
@@ -103,16 +127,29 @@ async fn healthz_degrades_when_the_database_is_gone() {
 #[tokio::test]
 async fn api_requires_a_valid_bearer_token() {
     let (app, _db, _) = app(false).await;
-    for (token, why) in [(None, "missing Authorization"), (Some("wrong-token-0123456789"), "unknown or revoked")] {
+    for (token, why) in [
+        (None, "missing Authorization"),
+        (Some("wrong-token-0123456789"), "unknown or revoked"),
+    ] {
         let (status, body, _) = call(&app, "/api/v1/cameras", token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["kind"], "unauthenticated");
-        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{body}"
+        );
     }
     let req = Request::get("/api/v1/cameras").header("authorization", format!("Basic {OPS}"));
-    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"xueliang\"");
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Bearer realm=\"xueliang\""
+    );
 }
 
 #[tokio::test]
@@ -136,7 +173,10 @@ async fn cameras_merge_config_and_stored_state_within_scope() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"]["kind"], "permission_denied");
     let (status, body, _) = call(&app, "/api/v1/cameras/gate", Some(DESK)).await;
-    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("gate")));
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (StatusCode::OK, Some("gate"))
+    );
     let (status, body, _) = call(&app, "/api/v1/cameras/nope", Some(OPS)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["message"], "no camera \"nope\"");
@@ -168,13 +208,19 @@ async fn metrics_count_requests_by_route_pattern() {
         text.contains(r#"xueliang_http_requests_total{method="GET",route="/api/v1/cameras/{id}",status="200"} 2"#),
         "{text}"
     );
-    assert!(text.contains(r#"route="/api/v1/cameras",status="401"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"route="/api/v1/cameras",status="401"} 1"#),
+        "{text}"
+    );
     assert!(!text.contains("yard"), "raw paths must not become labels");
 }
 
 #[tokio::test]
 async fn metrics_can_require_a_token() {
     let (app, _db, _) = app(true).await;
-    assert_eq!(call(&app, "/metrics", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&app, "/metrics", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(call(&app, "/metrics", Some(OPS)).await.0, StatusCode::OK);
 }

@@ -83,7 +83,11 @@ impl EntityId {
     /// A new id whose time part is `at` (wall time, milliseconds), so ids sort like their records.
     pub fn new_at(at: crate::Timestamp) -> Self {
         let ms = u64::try_from(at.as_millis()).unwrap_or(0);
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            ((ms % 1000) * 1_000_000) as u32,
+        );
         EntityId(Uuid::new_v7(ts))
     }
 

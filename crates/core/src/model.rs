@@ -109,6 +109,9 @@ mod tests {
             e.message(),
             "unknown IncidentState \"closed\"; expected one of raised, acknowledged, dispatched, resolved"
         );
-        assert_eq!(serde_json::to_string(&CameraState::Online).unwrap(), "\"online\"");
+        assert_eq!(
+            serde_json::to_string(&CameraState::Online).unwrap(),
+            "\"online\""
+        );
     }
 }

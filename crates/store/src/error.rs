@@ -12,7 +12,9 @@ pub(crate) fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
             }
             sqlx::Error::Tls(_) => ErrorKind::Unavailable,
             sqlx::Error::Database(d) if d.is_unique_violation() => ErrorKind::AlreadyExists,
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => ErrorKind::FailedPrecondition,
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                ErrorKind::FailedPrecondition
+            }
             sqlx::Error::Database(d) if d.is_check_violation() => ErrorKind::InvalidArgument,
             sqlx::Error::Database(d) if d.message().contains("append-only") => {
                 ErrorKind::PermissionDenied

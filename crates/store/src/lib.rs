@@ -67,7 +67,12 @@ pub trait Store: Send + Sync + Debug {
 
     async fn insert_segment(&self, segment: &Segment) -> Result<()>;
     /// Segments of a camera that overlap `[from, to)`, oldest first.
-    async fn list_segments(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Segment>>;
+    async fn list_segments(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Segment>>;
     async fn insert_gap(&self, gap: &Gap) -> Result<()>;
     /// Gaps of a camera that overlap `[from, to)`; an open gap (no end) overlaps everything after it.
     async fn list_gaps(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Gap>>;
@@ -95,9 +100,19 @@ pub trait Store: Send + Sync + Debug {
 
     async fn enqueue_outbox(&self, entries: &[OutboxEntry]) -> Result<()>;
     /// Undelivered, unexpired entries of `sink` due at `now`: by priority, then by id (age).
-    async fn pending_outbox(&self, sink: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxEntry>>;
+    async fn pending_outbox(
+        &self,
+        sink: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>>;
     async fn mark_outbox_delivered(&self, id: EntityId, at: Timestamp) -> Result<()>;
-    async fn mark_outbox_failed(&self, id: EntityId, next_attempt: Timestamp, error: &str) -> Result<()>;
+    async fn mark_outbox_failed(
+        &self,
+        id: EntityId,
+        next_attempt: Timestamp,
+        error: &str,
+    ) -> Result<()>;
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
     /// Audit entries at or after `since`, oldest first.
@@ -125,7 +140,11 @@ impl OpenOptions {
     pub fn from_config(cfg: &Config) -> Self {
         OpenOptions {
             target: cfg.database_target(),
-            password: cfg.database.password.as_ref().map(|s| s.expose().to_owned()),
+            password: cfg
+                .database
+                .password
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
             max_connections: cfg.database.max_connections,
             busy_timeout: Duration::from_millis(cfg.database.busy_timeout_ms.into()),
         }
@@ -144,7 +163,9 @@ impl OpenOptions {
 
     pub fn postgres(url: &str) -> Self {
         OpenOptions {
-            target: DatabaseTarget::Postgres { url: url.to_owned() },
+            target: DatabaseTarget::Postgres {
+                url: url.to_owned(),
+            },
             password: None,
             max_connections: 4,
             busy_timeout: Duration::from_secs(5),
@@ -155,12 +176,12 @@ impl OpenOptions {
 /// Opens (and for SQLite creates) the database. Does not migrate: call [`Store::migrate`].
 pub async fn open(opts: &OpenOptions, node: NodeId) -> Result<Arc<dyn Store>> {
     match &opts.target {
-        DatabaseTarget::Sqlite { path } => {
-            Ok(Arc::new(backend::sqlite::SqliteStore::open(path, opts, node).await?))
-        }
-        DatabaseTarget::Postgres { url } => {
-            Ok(Arc::new(backend::postgres::PgStore::open(url, opts, node).await?))
-        }
+        DatabaseTarget::Sqlite { path } => Ok(Arc::new(
+            backend::sqlite::SqliteStore::open(path, opts, node).await?,
+        )),
+        DatabaseTarget::Postgres { url } => Ok(Arc::new(
+            backend::postgres::PgStore::open(url, opts, node).await?,
+        )),
     }
 }
 

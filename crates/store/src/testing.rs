@@ -81,7 +81,8 @@ impl TestDb {
 
     /// Opens and migrates a store on this database.
     pub async fn open(&self, node: &str) -> Result<Arc<dyn Store>> {
-        let node = NodeId::try_from(node.to_owned()).map_err(|e| Error::new(ErrorKind::InvalidArgument, e))?;
+        let node = NodeId::try_from(node.to_owned())
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e))?;
         let store = crate::open(&self.options(), node).await?;
         store.migrate().await?;
         Ok(store)
@@ -94,7 +95,9 @@ impl Drop for TestDb {
             let (admin_url, name) = (admin_url.clone(), name.clone());
             // Drop may run inside a runtime; do the async work on a thread of its own.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 if let Ok(rt) = rt {
                     rt.block_on(async {
                         if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url).await {
@@ -112,17 +115,30 @@ impl Drop for TestDb {
 
 /// Runs one SQL statement on a connection of its own, outside the store, and returns the
 /// database's error text; for tests that check what the schema itself refuses.
-pub async fn raw_execute(opts: &OpenOptions, sql: &'static str) -> std::result::Result<u64, String> {
+pub async fn raw_execute(
+    opts: &OpenOptions,
+    sql: &'static str,
+) -> std::result::Result<u64, String> {
     match &opts.target {
         xueliang_core::config::DatabaseTarget::Sqlite { path } => {
             let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
                 .await
                 .map_err(|e| e.to_string())?;
-            sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+            sqlx::query(sql)
+                .execute(&mut c)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| e.to_string())
         }
         xueliang_core::config::DatabaseTarget::Postgres { url } => {
-            let mut c = sqlx::PgConnection::connect(url).await.map_err(|e| e.to_string())?;
-            sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+            let mut c = sqlx::PgConnection::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::query(sql)
+                .execute(&mut c)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| e.to_string())
         }
     }
 }

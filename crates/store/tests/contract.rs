@@ -64,13 +64,18 @@ contract!(
 async fn migrations_are_idempotent(s: Arc<dyn Store>, _db: &TestDb) {
     let latest = MIGRATIONS_SQLITE.iter().map(|m| m.version).max().unwrap();
     assert_eq!(s.schema_version().await.unwrap(), latest);
-    assert!(s.migrate().await.unwrap().is_empty(), "second migrate applies nothing");
+    assert!(
+        s.migrate().await.unwrap().is_empty(),
+        "second migrate applies nothing"
+    );
     s.ping().await.unwrap();
 }
 
 async fn second_node_sees_same_schema(s: Arc<dyn Store>, db: &TestDb) {
     // Two nodes on one database: both migrate (concurrently), one applies, both work.
-    let other = xueliang_store::open(&db.options(), "node-b".parse().unwrap()).await.unwrap();
+    let other = xueliang_store::open(&db.options(), "node-b".parse().unwrap())
+        .await
+        .unwrap();
     let (a, b) = tokio::join!(s.migrate(), other.migrate());
     assert!(a.unwrap().is_empty() && b.unwrap().is_empty());
     s.sync_cameras(&[cam("gate")], t(0)).await.unwrap();
@@ -89,7 +94,10 @@ fn cam(id: &str) -> CameraUpsert {
 async fn cameras_sync_and_state(s: Arc<dyn Store>, _db: &TestDb) {
     s.sync_cameras(&[cam("b"), cam("a")], t(0)).await.unwrap();
     let list = s.list_cameras().await.unwrap();
-    assert_eq!(list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     assert_eq!(list[0].state, CameraState::Connecting);
     assert_eq!(list[0].node_id, NODE);
 
@@ -99,21 +107,54 @@ async fn cameras_sync_and_state(s: Arc<dyn Store>, _db: &TestDb) {
         last_error: err.map(str::to_owned),
         at: t(at),
     };
-    s.set_camera_state(&change(CameraState::Offline, Some("401 Unauthorized"), 1000)).await.unwrap();
-    s.set_camera_state(&change(CameraState::Offline, Some("connection refused"), 5000)).await.unwrap();
+    s.set_camera_state(&change(
+        CameraState::Offline,
+        Some("401 Unauthorized"),
+        1000,
+    ))
+    .await
+    .unwrap();
+    s.set_camera_state(&change(
+        CameraState::Offline,
+        Some("connection refused"),
+        5000,
+    ))
+    .await
+    .unwrap();
     let a = s.get_camera("a").await.unwrap().unwrap();
     assert_eq!(a.state, CameraState::Offline);
     assert_eq!(a.last_error.as_deref(), Some("connection refused"));
-    assert_eq!(a.state_since, t(1000), "state_since moves only when the state changes");
+    assert_eq!(
+        a.state_since,
+        t(1000),
+        "state_since moves only when the state changes"
+    );
     assert_eq!(a.updated_at, t(5000));
 
     // Renaming through sync keeps the state.
-    s.sync_cameras(&[CameraUpsert { id: "a".into(), name: Some("Gate".into()) }], t(6000)).await.unwrap();
+    s.sync_cameras(
+        &[CameraUpsert {
+            id: "a".into(),
+            name: Some("Gate".into()),
+        }],
+        t(6000),
+    )
+    .await
+    .unwrap();
     let a = s.get_camera("a").await.unwrap().unwrap();
-    assert_eq!((a.name.as_deref(), a.state), (Some("Gate"), CameraState::Offline));
+    assert_eq!(
+        (a.name.as_deref(), a.state),
+        (Some("Gate"), CameraState::Offline)
+    );
 
     assert!(s.get_camera("zz").await.unwrap().is_none());
-    let e = s.set_camera_state(&CameraStateChange { camera_id: "zz".into(), ..change(CameraState::Online, None, 1) }).await.unwrap_err();
+    let e = s
+        .set_camera_state(&CameraStateChange {
+            camera_id: "zz".into(),
+            ..change(CameraState::Online, None, 1)
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
 }
 
@@ -135,27 +176,62 @@ fn seg(camera: &str, start: i64, end: i64, path: &str) -> Segment {
 }
 
 async fn segments_and_gaps_by_overlap(s: Arc<dyn Store>, _db: &TestDb) {
-    s.sync_cameras(&[cam("gate"), cam("yard")], t(0)).await.unwrap();
+    s.sync_cameras(&[cam("gate"), cam("yard")], t(0))
+        .await
+        .unwrap();
     let first = seg("gate", 0, 60_000, "gate/0.mp4");
     s.insert_segment(&first).await.unwrap();
     for (i, start) in [60_000, 120_000].iter().enumerate() {
-        s.insert_segment(&seg("gate", *start, start + 60_000, &format!("gate/{}.mp4", i + 1))).await.unwrap();
+        s.insert_segment(&seg(
+            "gate",
+            *start,
+            start + 60_000,
+            &format!("gate/{}.mp4", i + 1),
+        ))
+        .await
+        .unwrap();
     }
-    s.insert_segment(&seg("yard", 0, 60_000, "yard/0.mp4")).await.unwrap();
+    s.insert_segment(&seg("yard", 0, 60_000, "yard/0.mp4"))
+        .await
+        .unwrap();
 
     let got = s.list_segments("gate", t(59_999), t(60_001)).await.unwrap();
-    assert_eq!(got.iter().map(|g| g.path.as_str()).collect::<Vec<_>>(), ["gate/0.mp4", "gate/1.mp4"]);
+    assert_eq!(
+        got.iter().map(|g| g.path.as_str()).collect::<Vec<_>>(),
+        ["gate/0.mp4", "gate/1.mp4"]
+    );
     assert_eq!(got[0], first, "round trip keeps every field");
     // Half-open: a span ending where a segment starts does not include it.
-    assert_eq!(s.list_segments("gate", t(-10_000), t(0)).await.unwrap().len(), 0);
-    assert_eq!(s.list_segments("gate", t(0), t(180_000)).await.unwrap().len(), 3);
+    assert_eq!(
+        s.list_segments("gate", t(-10_000), t(0))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        s.list_segments("gate", t(0), t(180_000))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 
     // Same path twice is refused; so is an unknown camera and a backwards segment.
-    let dup = s.insert_segment(&seg("gate", 500_000, 560_000, "gate/0.mp4")).await.unwrap_err();
+    let dup = s
+        .insert_segment(&seg("gate", 500_000, 560_000, "gate/0.mp4"))
+        .await
+        .unwrap_err();
     assert_eq!(dup.kind(), ErrorKind::AlreadyExists);
-    let orphan = s.insert_segment(&seg("nope", 0, 1, "nope/0.mp4")).await.unwrap_err();
+    let orphan = s
+        .insert_segment(&seg("nope", 0, 1, "nope/0.mp4"))
+        .await
+        .unwrap_err();
     assert_eq!(orphan.kind(), ErrorKind::FailedPrecondition);
-    let backwards = s.insert_segment(&seg("gate", 10, 5, "gate/x.mp4")).await.unwrap_err();
+    let backwards = s
+        .insert_segment(&seg("gate", 10, 5, "gate/x.mp4"))
+        .await
+        .unwrap_err();
     assert_eq!(backwards.kind(), ErrorKind::InvalidArgument);
 
     let gap = |start, end: Option<i64>, reason: &str| Gap {
@@ -167,16 +243,31 @@ async fn segments_and_gaps_by_overlap(s: Arc<dyn Store>, _db: &TestDb) {
         reason: reason.into(),
         created_at: t(start),
     };
-    s.insert_gap(&gap(180_000, Some(200_000), "camera offline")).await.unwrap();
-    s.insert_gap(&gap(300_000, None, "service stopped")).await.unwrap();
-    let gaps = s.list_gaps("gate", t(190_000), t(10_000_000)).await.unwrap();
+    s.insert_gap(&gap(180_000, Some(200_000), "camera offline"))
+        .await
+        .unwrap();
+    s.insert_gap(&gap(300_000, None, "service stopped"))
+        .await
+        .unwrap();
+    let gaps = s
+        .list_gaps("gate", t(190_000), t(10_000_000))
+        .await
+        .unwrap();
     assert_eq!(gaps.len(), 2);
     assert_eq!(gaps[1].end, None);
-    assert_eq!(s.list_gaps("gate", t(200_000), t(250_000)).await.unwrap().len(), 0);
+    assert_eq!(
+        s.list_gaps("gate", t(200_000), t(250_000))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 async fn devices_sync_status_and_links(s: Arc<dyn Store>, _db: &TestDb) {
-    s.sync_cameras(&[cam("gate"), cam("yard")], t(0)).await.unwrap();
+    s.sync_cameras(&[cam("gate"), cam("yard")], t(0))
+        .await
+        .unwrap();
     let dev = |cams: &[&str]| DeviceUpsert {
         id: "btn-school".into(),
         name: Some("小学门口".into()),
@@ -184,7 +275,9 @@ async fn devices_sync_status_and_links(s: Arc<dyn Store>, _db: &TestDb) {
         lon: Some(104.7),
         cameras: cams.iter().map(|c| c.to_string()).collect(),
     };
-    s.sync_devices(&[dev(&["gate", "yard"])], t(0)).await.unwrap();
+    s.sync_devices(&[dev(&["gate", "yard"])], t(0))
+        .await
+        .unwrap();
     s.sync_devices(&[dev(&["yard"])], t(1)).await.unwrap();
     let d = &s.list_devices().await.unwrap()[0];
     assert_eq!(d.name.as_deref(), Some("小学门口"));
@@ -198,15 +291,27 @@ async fn devices_sync_status_and_links(s: Arc<dyn Store>, _db: &TestDb) {
         battery,
         rssi: Some(-70),
     };
-    s.record_device_status(&status(1000, Some(true), Some(87))).await.unwrap();
-    s.record_device_status(&status(2000, None, Some(86))).await.unwrap();
+    s.record_device_status(&status(1000, Some(true), Some(87)))
+        .await
+        .unwrap();
+    s.record_device_status(&status(2000, None, Some(86)))
+        .await
+        .unwrap();
     // A late, older heartbeat does not move the device back in time.
-    s.record_device_status(&status(1500, Some(false), Some(99))).await.unwrap();
+    s.record_device_status(&status(1500, Some(false), Some(99)))
+        .await
+        .unwrap();
     let d = &s.list_devices().await.unwrap()[0];
-    assert_eq!((d.online, d.battery, d.rssi), (Some(true), Some(86), Some(-70)));
+    assert_eq!(
+        (d.online, d.battery, d.rssi),
+        (Some(true), Some(86), Some(-70))
+    );
     assert_eq!(d.last_seen, Some(t(2000)));
     let e = s
-        .record_device_status(&DeviceStatus { device_id: "ghost".into(), ..status(1, None, None) })
+        .record_device_status(&DeviceStatus {
+            device_id: "ghost".into(),
+            ..status(1, None, None)
+        })
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
@@ -228,15 +333,28 @@ fn press(seq: i64, received: i64) -> Signal {
 
 async fn signals_deduplicate_on_device_seq(s: Arc<dyn Store>, _db: &TestDb) {
     let first = press(42, 0);
-    assert_eq!(s.insert_signal(&first).await.unwrap(), SignalInsert::Inserted);
+    assert_eq!(
+        s.insert_signal(&first).await.unwrap(),
+        SignalInsert::Inserted
+    );
     // The device retransmits seq 42 (QoS 1 redelivery): stored once, first id returned.
     let again = press(42, 300);
-    assert_eq!(s.insert_signal(&again).await.unwrap(), SignalInsert::Duplicate(first.id));
+    assert_eq!(
+        s.insert_signal(&again).await.unwrap(),
+        SignalInsert::Duplicate(first.id)
+    );
     assert!(s.get_signal(again.id).await.unwrap().is_none());
     assert_eq!(s.get_signal(first.id).await.unwrap().unwrap(), first);
     // Same seq from another device is a different signal; signals without seq never collide.
-    let other = Signal { source_id: "btn-2".into(), id: eid(400), ..press(42, 400) };
-    assert_eq!(s.insert_signal(&other).await.unwrap(), SignalInsert::Inserted);
+    let other = Signal {
+        source_id: "btn-2".into(),
+        id: eid(400),
+        ..press(42, 400)
+    };
+    assert_eq!(
+        s.insert_signal(&other).await.unwrap(),
+        SignalInsert::Inserted
+    );
     for i in 0..2 {
         let motion = Signal {
             id: eid(500 + i),
@@ -246,11 +364,19 @@ async fn signals_deduplicate_on_device_seq(s: Arc<dyn Store>, _db: &TestDb) {
             kind: "motion".into(),
             ..press(0, 500 + i)
         };
-        assert_eq!(s.insert_signal(&motion).await.unwrap(), SignalInsert::Inserted);
+        assert_eq!(
+            s.insert_signal(&motion).await.unwrap(),
+            SignalInsert::Inserted
+        );
     }
 }
 
-fn new_incident(at: i64, priority: i64, signals: Vec<EntityId>, outbox: Vec<OutboxEntry>) -> NewIncident {
+fn new_incident(
+    at: i64,
+    priority: i64,
+    signals: Vec<EntityId>,
+    outbox: Vec<OutboxEntry>,
+) -> NewIncident {
     let id = eid(at);
     NewIncident {
         incident: Incident {
@@ -305,7 +431,13 @@ fn ob(sink: &str, channel: &str, priority: i64, at: i64, body: &str) -> OutboxEn
     }
 }
 
-fn step(inc: &Incident, at: i64, to: IncidentState, outcome: Option<Outcome>, outbox: Vec<OutboxEntry>) -> IncidentUpdate {
+fn step(
+    inc: &Incident,
+    at: i64,
+    to: IncidentState,
+    outcome: Option<Outcome>,
+    outbox: Vec<OutboxEntry>,
+) -> IncidentUpdate {
     IncidentUpdate {
         id: inc.id,
         expected_version: inc.version,
@@ -334,7 +466,12 @@ fn step(inc: &Incident, at: i64, to: IncidentState, outcome: Option<Outcome>, ou
 async fn incidents_lifecycle_with_outbox_in_one_transaction(s: Arc<dyn Store>, _db: &TestDb) {
     let sig = press(1, 0);
     s.insert_signal(&sig).await.unwrap();
-    let new = new_incident(10, 1, vec![sig.id], vec![ob("skynet-mqtt", "inc", 1, 10, "raised")]);
+    let new = new_incident(
+        10,
+        1,
+        vec![sig.id],
+        vec![ob("skynet-mqtt", "inc", 1, 10, "raised")],
+    );
     s.create_incident(&new).await.unwrap();
     let inc = s.get_incident(new.incident.id).await.unwrap().unwrap();
     assert_eq!(inc, new.incident);
@@ -347,11 +484,32 @@ async fn incidents_lifecycle_with_outbox_in_one_transaction(s: Arc<dyn Store>, _
     join.add_signals = vec![sig2.id];
     let inc = s.update_incident(&join).await.unwrap();
     assert_eq!((inc.signal_count, inc.version), (2, 2));
-    assert_eq!(s.incident_signals(inc.id).await.unwrap(), vec![sig.clone(), sig2]);
+    assert_eq!(
+        s.incident_signals(inc.id).await.unwrap(),
+        vec![sig.clone(), sig2]
+    );
 
-    let inc = s.update_incident(&step(&inc, 30_000, IncidentState::Acknowledged, None, vec![])).await.unwrap();
-    let inc = s.update_incident(&step(&inc, 40_000, IncidentState::Dispatched, None, vec![])).await.unwrap();
-    let done = step(&inc, 50_000, IncidentState::Resolved, Some(Outcome::Genuine), vec![ob("skynet-mqtt", "inc", 1, 50_000, "resolved")]);
+    let inc = s
+        .update_incident(&step(
+            &inc,
+            30_000,
+            IncidentState::Acknowledged,
+            None,
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let inc = s
+        .update_incident(&step(&inc, 40_000, IncidentState::Dispatched, None, vec![]))
+        .await
+        .unwrap();
+    let done = step(
+        &inc,
+        50_000,
+        IncidentState::Resolved,
+        Some(Outcome::Genuine),
+        vec![ob("skynet-mqtt", "inc", 1, 50_000, "resolved")],
+    );
     let inc = s.update_incident(&done).await.unwrap();
     assert_eq!(inc.state, IncidentState::Resolved);
     assert_eq!(inc.outcome, Some(Outcome::Genuine));
@@ -362,11 +520,25 @@ async fn incidents_lifecycle_with_outbox_in_one_transaction(s: Arc<dyn Store>, _
     let states: Vec<_> = history.iter().map(|c| c.to_state).collect();
     assert_eq!(
         states,
-        [IncidentState::Raised, IncidentState::Acknowledged, IncidentState::Dispatched, IncidentState::Resolved]
+        [
+            IncidentState::Raised,
+            IncidentState::Acknowledged,
+            IncidentState::Dispatched,
+            IncidentState::Resolved
+        ]
     );
     assert_eq!(history[3].from_state, Some(IncidentState::Dispatched));
-    let pending = s.pending_outbox("skynet-mqtt", t(60_000), 10).await.unwrap();
-    assert_eq!(pending.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>(), [b"raised".as_slice(), b"resolved"]);
+    let pending = s
+        .pending_outbox("skynet-mqtt", t(60_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|e| e.payload.as_slice())
+            .collect::<Vec<_>>(),
+        [b"raised".as_slice(), b"resolved"]
+    );
 
     // A failing part rolls the whole change back: the outbox id collides, so no incident row,
     // no change row and no outbox row may remain.
@@ -374,8 +546,19 @@ async fn incidents_lifecycle_with_outbox_in_one_transaction(s: Arc<dyn Store>, _
     let e = s.create_incident(&clash).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
     assert!(s.get_incident(clash.incident.id).await.unwrap().is_none());
-    assert!(s.incident_changes(clash.incident.id).await.unwrap().is_empty());
-    assert_eq!(s.pending_outbox("skynet-mqtt", t(100_000), 10).await.unwrap().len(), 2);
+    assert!(
+        s.incident_changes(clash.incident.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.pending_outbox("skynet-mqtt", t(100_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn incident_updates_are_optimistic(s: Arc<dyn Store>, _db: &TestDb) {
@@ -383,15 +566,33 @@ async fn incident_updates_are_optimistic(s: Arc<dyn Store>, _db: &TestDb) {
     s.create_incident(&new).await.unwrap();
     let inc = new.incident.clone();
     // Two duty desks acknowledge the same version; one wins, the other is told to reload.
-    let a = s.update_incident(&step(&inc, 1000, IncidentState::Acknowledged, None, vec![])).await;
-    let b = s.update_incident(&step(&inc, 1001, IncidentState::Dispatched, None, vec![])).await;
+    let a = s
+        .update_incident(&step(&inc, 1000, IncidentState::Acknowledged, None, vec![]))
+        .await;
+    let b = s
+        .update_incident(&step(&inc, 1001, IncidentState::Dispatched, None, vec![]))
+        .await;
     assert!(a.is_ok());
     let e = b.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
-    assert!(e.message().contains("version 2, expected 1"), "{}", e.message());
-    assert_eq!(s.incident_changes(inc.id).await.unwrap().len(), 2, "the loser wrote nothing");
-    let ghost = IncidentUpdate { id: eid(99), ..step(&inc, 1, IncidentState::Acknowledged, None, vec![]) };
-    assert_eq!(s.update_incident(&ghost).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(
+        e.message().contains("version 2, expected 1"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        s.incident_changes(inc.id).await.unwrap().len(),
+        2,
+        "the loser wrote nothing"
+    );
+    let ghost = IncidentUpdate {
+        id: eid(99),
+        ..step(&inc, 1, IncidentState::Acknowledged, None, vec![])
+    };
+    assert_eq!(
+        s.update_incident(&ghost).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }
 
 async fn incident_list_filters_and_order(s: Arc<dyn Store>, _db: &TestDb) {
@@ -401,40 +602,95 @@ async fn incident_list_filters_and_order(s: Arc<dyn Store>, _db: &TestDb) {
     for n in [&low_old, &high_new, &high_old] {
         s.create_incident(n).await.unwrap();
     }
-    s.update_incident(&step(&low_old.incident, 6000, IncidentState::Resolved, Some(Outcome::False), vec![]))
-        .await
-        .unwrap();
+    s.update_incident(&step(
+        &low_old.incident,
+        6000,
+        IncidentState::Resolved,
+        Some(Outcome::False),
+        vec![],
+    ))
+    .await
+    .unwrap();
     let all = s.list_incidents(&IncidentFilter::default()).await.unwrap();
     let ids: Vec<_> = all.iter().map(|i| i.id).collect();
-    assert_eq!(ids, [high_old.incident.id, high_new.incident.id, low_old.incident.id]);
-    let open = s.list_incidents(&IncidentFilter { open_only: true, ..Default::default() }).await.unwrap();
-    assert_eq!(open.len(), 2);
-    let resolved = s
-        .list_incidents(&IncidentFilter { state: Some(IncidentState::Resolved), ..Default::default() })
+    assert_eq!(
+        ids,
+        [
+            high_old.incident.id,
+            high_new.incident.id,
+            low_old.incident.id
+        ]
+    );
+    let open = s
+        .list_incidents(&IncidentFilter {
+            open_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(resolved.iter().map(|i| i.id).collect::<Vec<_>>(), [low_old.incident.id]);
-    let since = s.list_incidents(&IncidentFilter { since: Some(t(1000)), ..Default::default() }).await.unwrap();
+    assert_eq!(open.len(), 2);
+    let resolved = s
+        .list_incidents(&IncidentFilter {
+            state: Some(IncidentState::Resolved),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        resolved.iter().map(|i| i.id).collect::<Vec<_>>(),
+        [low_old.incident.id]
+    );
+    let since = s
+        .list_incidents(&IncidentFilter {
+            since: Some(t(1000)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(since.len(), 2);
-    let one = s.list_incidents(&IncidentFilter { limit: 1, ..Default::default() }).await.unwrap();
+    let one = s
+        .list_incidents(&IncidentFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(one.len(), 1);
 }
 
 async fn outbox_order_retry_and_delivery(s: Arc<dyn Store>, _db: &TestDb) {
-    let backlog: Vec<_> = (0..3).map(|i| ob("gb28181", "cam", 5, i * 10, &format!("motion {i}"))).collect();
+    let backlog: Vec<_> = (0..3)
+        .map(|i| ob("gb28181", "cam", 5, i * 10, &format!("motion {i}")))
+        .collect();
     s.enqueue_outbox(&backlog).await.unwrap();
     let urgent = ob("gb28181", "btn", 1, 100, "panic");
     let other_sink = ob("skynet-mqtt", "btn", 1, 100, "panic");
-    s.enqueue_outbox(&[urgent.clone(), OutboxEntry { id: eid(101), ..other_sink }]).await.unwrap();
+    s.enqueue_outbox(&[
+        urgent.clone(),
+        OutboxEntry {
+            id: eid(101),
+            ..other_sink
+        },
+    ])
+    .await
+    .unwrap();
 
     // Priority 1 overtakes the backlog; within a priority, oldest first.
     let due = s.pending_outbox("gb28181", t(1000), 10).await.unwrap();
-    let bodies: Vec<_> = due.iter().map(|e| String::from_utf8(e.payload.clone()).unwrap()).collect();
+    let bodies: Vec<_> = due
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect();
     assert_eq!(bodies, ["panic", "motion 0", "motion 1", "motion 2"]);
-    assert_eq!(due[0], urgent, "stored bytes and fields come back unchanged");
+    assert_eq!(
+        due[0], urgent,
+        "stored bytes and fields come back unchanged"
+    );
 
     // A failed attempt is retried later, not now.
-    s.mark_outbox_failed(urgent.id, t(5000), "408 timeout").await.unwrap();
+    s.mark_outbox_failed(urgent.id, t(5000), "408 timeout")
+        .await
+        .unwrap();
     let due = s.pending_outbox("gb28181", t(1000), 10).await.unwrap();
     assert_eq!(due.len(), 3);
     let later = s.pending_outbox("gb28181", t(5000), 1).await.unwrap();
@@ -442,10 +698,25 @@ async fn outbox_order_retry_and_delivery(s: Arc<dyn Store>, _db: &TestDb) {
     assert_eq!(later[0].last_error.as_deref(), Some("408 timeout"));
 
     s.mark_outbox_delivered(urgent.id, t(5001)).await.unwrap();
-    let e = s.mark_outbox_delivered(urgent.id, t(5002)).await.unwrap_err();
+    let e = s
+        .mark_outbox_delivered(urgent.id, t(5002))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
-    assert_eq!(s.pending_outbox("gb28181", t(10_000), 10).await.unwrap().len(), 3);
-    assert_eq!(s.pending_outbox("skynet-mqtt", t(10_000), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.pending_outbox("gb28181", t(10_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.pending_outbox("skynet-mqtt", t(10_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn audit_log_is_append_only(s: Arc<dyn Store>, db: &TestDb) {
@@ -474,7 +745,8 @@ async fn audit_log_is_append_only(s: Arc<dyn Store>, db: &TestDb) {
     assert!(msg.contains("append-only"), "{msg}");
     // Row triggers fire only on existing rows: store a signal, then try to rewrite it.
     s.insert_signal(&press(7, 0)).await.unwrap();
-    let raw = xueliang_store::testing::raw_execute(&opts, "UPDATE alarm_signals SET kind = 'test'").await;
+    let raw =
+        xueliang_store::testing::raw_execute(&opts, "UPDATE alarm_signals SET kind = 'test'").await;
     assert!(raw.unwrap_err().contains("append-only"));
     assert_eq!(s.list_audit(t(0), 10).await.unwrap().len(), 2);
 }
@@ -488,10 +760,18 @@ async fn api_tokens_sync_hashed(s: Arc<dyn Store>, _db: &TestDb) {
         devices: vec!["btn-1".into()],
         last_used: None,
     };
-    s.sync_api_tokens(&[tok("ops", "s3cret-ops-0123456789", Role::Operator), tok("wall", "s3cret-wall-012345678", Role::Viewer)], t(0))
+    s.sync_api_tokens(
+        &[
+            tok("ops", "s3cret-ops-0123456789", Role::Operator),
+            tok("wall", "s3cret-wall-012345678", Role::Viewer),
+        ],
+        t(0),
+    )
+    .await
+    .unwrap();
+    s.sync_api_tokens(&[tok("ops", "rotated-ops-0123456789", Role::Admin)], t(1))
         .await
         .unwrap();
-    s.sync_api_tokens(&[tok("ops", "rotated-ops-0123456789", Role::Admin)], t(1)).await.unwrap();
     let got = s.list_api_tokens().await.unwrap();
     assert_eq!(got, vec![tok("ops", "rotated-ops-0123456789", Role::Admin)]);
     assert_eq!(got[0].token_sha256.len(), 64);

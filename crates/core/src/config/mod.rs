@@ -107,6 +107,15 @@ pub enum MqttMode {
     External,
 }
 
+impl MqttMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttMode::Embedded => "embedded",
+            MqttMode::External => "external",
+        }
+    }
+}
+
 /// `[mqtt]`: where panic buttons publish.
 #[derive(Clone, Debug, Deserialize)]
 pub struct MqttConfig {
@@ -174,7 +183,9 @@ impl ApiConfig {
     }
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -281,7 +292,11 @@ impl ByteSize {
             "gib" | "g" => 1 << 30,
             "tb" => 1_000_000_000_000,
             "tib" | "t" => 1 << 40,
-            u => return Err(format!("unknown size unit {u:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+            u => {
+                return Err(format!(
+                    "unknown size unit {u:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+                ));
+            }
         };
         Ok(ByteSize((num * mult as f64) as u64))
     }
@@ -414,7 +429,12 @@ pub enum SipTransport {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize, Default)]
 pub enum Charset {
     #[default]
-    #[serde(rename = "gb18030", alias = "GB18030", alias = "GB2312", alias = "gb2312")]
+    #[serde(
+        rename = "gb18030",
+        alias = "GB18030",
+        alias = "GB2312",
+        alias = "gb2312"
+    )]
     Gb18030,
     #[serde(rename = "utf-8", alias = "UTF-8", alias = "utf8")]
     Utf8,
@@ -500,3 +520,36 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// Things that are allowed but that an installer should hear about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let placeholder = t
+                .token
+                .as_ref()
+                .is_some_and(|s| s.expose().to_ascii_lowercase().contains("change-me"));
+            if placeholder {
+                w.push(format!(
+                    "api.tokens[{i}].token: still the example value; replace it (e.g. `openssl rand -hex 24`)"
+                ));
+            }
+        }
+        if self.api.tokens.is_empty() {
+            w.push("api.tokens: none configured; every /api/v1 request will be refused".into());
+        }
+        if let Some(addr) = self.api.listen_addr() {
+            if !addr.ip().is_loopback() {
+                w.push(format!(
+                    "api.listen: {addr} is reachable from the network over plain HTTP"
+                ));
+            }
+        }
+        if self.mqtt.mode == MqttMode::Embedded && self.devices.iter().any(|d| d.password.is_none())
+        {
+            w.push("devices: some devices have no password; the embedded broker will accept them without one".into());
+        }
+        w
+    }
+}

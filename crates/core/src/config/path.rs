@@ -257,9 +257,18 @@ location = { lat = 1.0, lon = 2.0 }
         assert_eq!(locate(DOC, &KeyPath::parse("node.id")), Some(3));
         assert_eq!(locate(DOC, &KeyPath::parse("cameras[0].url")), Some(7));
         assert_eq!(locate(DOC, &KeyPath::parse("cameras[1].url")), Some(11));
-        assert_eq!(locate(DOC, &KeyPath::parse("cameras[1].motion.zonez")), Some(12));
-        assert_eq!(locate(DOC, &KeyPath::parse("cameras[1].extra.foo")), Some(15));
-        assert_eq!(locate(DOC, &KeyPath::parse("devices[0].location.lat")), Some(19));
+        assert_eq!(
+            locate(DOC, &KeyPath::parse("cameras[1].motion.zonez")),
+            Some(12)
+        );
+        assert_eq!(
+            locate(DOC, &KeyPath::parse("cameras[1].extra.foo")),
+            Some(15)
+        );
+        assert_eq!(
+            locate(DOC, &KeyPath::parse("devices[0].location.lat")),
+            Some(19)
+        );
         // A key that is not written points at its table.
         assert_eq!(locate(DOC, &KeyPath::parse("cameras[1].name")), Some(9));
         assert_eq!(locate(DOC, &KeyPath::parse("bridge.mqtt")), None);

@@ -109,7 +109,10 @@ role = "operator"
         "api.tokens[0].token@30: must be at least 16 characters",
     ];
     for e in expect {
-        assert!(m.iter().any(|x| x.starts_with(e)), "missing {e:?} in {m:#?}");
+        assert!(
+            m.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {m:#?}"
+        );
     }
     assert_eq!(m.len(), expect.len(), "{m:#?}");
 }
@@ -119,7 +122,10 @@ fn type_errors_name_the_key_and_line() {
     let text = "[node]\nid = \"a\"\n[storage]\nsegment_seconds = \"sixty\"\n";
     let m = messages(text);
     assert_eq!(m.len(), 1, "{m:?}");
-    assert!(m[0].starts_with("storage.segment_seconds@4: invalid type"), "{m:?}");
+    assert!(
+        m[0].starts_with("storage.segment_seconds@4: invalid type"),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -161,20 +167,43 @@ name = "wall"
 role = "viewer"
 "#;
     let mut env = HashMap::new();
-    env.insert("XUELIANG_CAMERA_YARD_PASSWORD".to_owned(), "from-env".to_owned());
-    env.insert("XUELIANG_TOKEN_WALL_VALUE".to_owned(), "0123456789abcdef-env".to_owned());
+    env.insert(
+        "XUELIANG_CAMERA_YARD_PASSWORD".to_owned(),
+        "from-env".to_owned(),
+    );
+    env.insert(
+        "XUELIANG_TOKEN_WALL_VALUE".to_owned(),
+        "0123456789abcdef-env".to_owned(),
+    );
     let c = load_str(text, "t.toml", dir.path(), &env).unwrap();
-    assert_eq!(c.cameras[0].password.as_ref().unwrap().expose(), "from-file");
+    assert_eq!(
+        c.cameras[0].password.as_ref().unwrap().expose(),
+        "from-file"
+    );
     assert_eq!(c.cameras[1].password.as_ref().unwrap().expose(), "from-env");
-    assert_eq!(c.api.tokens[0].token.as_ref().unwrap().expose(), "0123456789abcdef-file");
-    assert_eq!(c.api.tokens[1].token.as_ref().unwrap().expose(), "0123456789abcdef-env");
+    assert_eq!(
+        c.api.tokens[0].token.as_ref().unwrap().expose(),
+        "0123456789abcdef-file"
+    );
+    assert_eq!(
+        c.api.tokens[1].token.as_ref().unwrap().expose(),
+        "0123456789abcdef-env"
+    );
 
     // Without the environment the second token is missing, and a missing file is named.
     let broken = text.replace("cam.pass", "missing.pass");
     let e = load_str(&broken, "t.toml", dir.path(), &NoEnv).unwrap_err();
     let s = e.to_string();
-    assert!(s.contains("t.toml:7: cameras[0].password_file: cannot read"), "{s}");
-    assert!(s.contains("api.tokens[1].token: missing: set token, token_file or XUELIANG_TOKEN_WALL_VALUE"), "{s}");
+    assert!(
+        s.contains("t.toml:7: cameras[0].password_file: cannot read"),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "api.tokens[1].token: missing: set token, token_file or XUELIANG_TOKEN_WALL_VALUE"
+        ),
+        "{s}"
+    );
     // The secret values never appear in errors.
     assert!(!s.contains("inline"), "{s}");
 }
@@ -191,7 +220,9 @@ server_addr = "city.example:5060"
 "#;
     let m = messages(text);
     assert_eq!(m.len(), 1, "{m:?}");
-    assert!(m[0].starts_with("bridge.gb28181.local_id@4: \"3403000000200000001\" must be a 20-digit"));
+    assert!(
+        m[0].starts_with("bridge.gb28181.local_id@4: \"3403000000200000001\" must be a 20-digit")
+    );
 }
 
 #[test]
@@ -200,5 +231,9 @@ fn sizes_parse_with_units() {
     assert_eq!(ByteSize::parse("500GB").unwrap().0, 500_000_000_000);
     assert_eq!(ByteSize::parse("1048576").unwrap().0, 1 << 20);
     assert!(ByteSize::parse("lots").is_err());
-    assert!(ByteSize::parse("5 parsecs").unwrap_err().contains("unknown size unit"));
+    assert!(
+        ByteSize::parse("5 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit")
+    );
 }

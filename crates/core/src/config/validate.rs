@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use super::load::Env;
 use super::path::KeyPath;
 use super::{Config, MqttMode, Secret};
-use super::load::Env;
 use crate::id::check_slug;
 
 type Problems = Vec<(KeyPath, String)>;
@@ -33,7 +33,10 @@ fn node(cfg: &Config, p: &KeyPath, out: &mut Problems) {
         out.push((p.key("data_dir"), "must not be empty".into()));
     }
     if !(1..=300).contains(&cfg.node.shutdown_timeout_seconds) {
-        out.push((p.key("shutdown_timeout_seconds"), "must be between 1 and 300".into()));
+        out.push((
+            p.key("shutdown_timeout_seconds"),
+            "must be between 1 and 300".into(),
+        ));
     }
 }
 
@@ -41,7 +44,13 @@ fn node(cfg: &Config, p: &KeyPath, out: &mut Problems) {
 pub(crate) fn env_name(kind: &str, id: &str, what: &str) -> String {
     let id: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if id.is_empty() {
         format!("XUELIANG_{kind}_{what}")
@@ -74,7 +83,11 @@ fn secret(
         return;
     }
     if let Some(f) = file {
-        let full = if f.is_absolute() { f.clone() } else { base.join(f) };
+        let full = if f.is_absolute() {
+            f.clone()
+        } else {
+            base.join(f)
+        };
         match std::fs::read_to_string(&full) {
             Ok(s) => {
                 let s = s.trim_end_matches(['\n', '\r']).to_owned();
@@ -83,7 +96,10 @@ fn secret(
                 }
                 *inline = Some(Secret::new(s));
             }
-            Err(e) => out.push((p.key(names.1), format!("cannot read {}: {e}", full.display()))),
+            Err(e) => out.push((
+                p.key(names.1),
+                format!("cannot read {}: {e}", full.display()),
+            )),
         }
     }
 }
@@ -144,12 +160,19 @@ fn url_without_credentials(
             if !schemes.contains(&parsed.scheme()) {
                 out.push((
                     p.clone(),
-                    format!("scheme must be one of {}, got {:?}", schemes.join(", "), parsed.scheme()),
+                    format!(
+                        "scheme must be one of {}, got {:?}",
+                        schemes.join(", "),
+                        parsed.scheme()
+                    ),
                 ));
                 return None;
             }
             if !parsed.username().is_empty() || parsed.password().is_some() {
-                out.push((p.clone(), format!("credentials must not be in the URL; {hint}")));
+                out.push((
+                    p.clone(),
+                    format!("credentials must not be in the URL; {hint}"),
+                ));
                 return None;
             }
             if parsed.host_str().unwrap_or_default().is_empty() {
@@ -170,17 +193,26 @@ fn mqtt(cfg: &mut Config, env: &dyn Env, base: &Path, p: &KeyPath, out: &mut Pro
     match m.mode {
         MqttMode::Embedded => {
             if m.url.is_some() {
-                out.push((p.key("url"), "is for mode = \"external\"; the embedded broker uses listen".into()));
+                out.push((
+                    p.key("url"),
+                    "is for mode = \"external\"; the embedded broker uses listen".into(),
+                ));
             }
             if let Some(l) = &m.listen {
                 if l.parse::<SocketAddr>().is_err() {
-                    out.push((p.key("listen"), format!("{l:?} is not an address such as 0.0.0.0:1883")));
+                    out.push((
+                        p.key("listen"),
+                        format!("{l:?} is not an address such as 0.0.0.0:1883"),
+                    ));
                 }
             }
         }
         MqttMode::External => {
             if m.listen.is_some() {
-                out.push((p.key("listen"), "is for mode = \"embedded\"; an external broker uses url".into()));
+                out.push((
+                    p.key("listen"),
+                    "is for mode = \"embedded\"; an external broker uses url".into(),
+                ));
             }
             match &m.url {
                 None => out.push((p.key("url"), "is required when mode = \"external\"".into())),
@@ -207,17 +239,26 @@ fn mqtt(cfg: &mut Config, env: &dyn Env, base: &Path, p: &KeyPath, out: &mut Pro
         out,
     );
     if m.password.is_some() && m.username.is_none() {
-        out.push((p.key("username"), "is required when a password is set".into()));
+        out.push((
+            p.key("username"),
+            "is required when a password is set".into(),
+        ));
     }
     if !(5..=3600).contains(&m.keepalive_seconds) {
-        out.push((p.key("keepalive_seconds"), "must be between 5 and 3600".into()));
+        out.push((
+            p.key("keepalive_seconds"),
+            "must be between 5 and 3600".into(),
+        ));
     }
 }
 
 fn storage(cfg: &Config, p: &KeyPath, out: &mut Problems) {
     let s = &cfg.storage;
     if !(10..=600).contains(&s.segment_seconds) {
-        out.push((p.key("segment_seconds"), "must be between 10 and 600".into()));
+        out.push((
+            p.key("segment_seconds"),
+            "must be between 10 and 600".into(),
+        ));
     }
     if s.rpo_seconds == 0 || s.rpo_seconds > s.segment_seconds {
         out.push((
@@ -237,7 +278,10 @@ fn storage(cfg: &Config, p: &KeyPath, out: &mut Problems) {
 
 fn check_polygon(poly: &[[f64; 2]], p: &KeyPath, out: &mut Problems) {
     if poly.len() < 3 {
-        out.push((p.clone(), format!("a polygon needs at least 3 points, got {}", poly.len())));
+        out.push((
+            p.clone(),
+            format!("a polygon needs at least 3 points, got {}", poly.len()),
+        ));
     }
     if let Some((i, _)) = poly
         .iter()
@@ -280,7 +324,10 @@ fn cameras(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) -> 
             out,
         );
         if c.password.is_some() && c.username.is_none() {
-            out.push((p.key("username"), "is required when a password is set".into()));
+            out.push((
+                p.key("username"),
+                "is required when a password is set".into(),
+            ));
         }
         let m = p.key("motion");
         let mut zone_names = HashSet::new();
@@ -289,7 +336,10 @@ fn cameras(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) -> 
             if zone.name.trim().is_empty() {
                 out.push((zp.key("name"), "must not be empty".into()));
             } else if !zone_names.insert(zone.name.clone()) {
-                out.push((zp.key("name"), format!("{:?} is used by another zone", zone.name)));
+                out.push((
+                    zp.key("name"),
+                    format!("{:?} is used by another zone", zone.name),
+                ));
             }
             check_polygon(&zone.polygon, &zp.key("polygon"), out);
             if !(0.0..=1.0).contains(&zone.sensitivity) {
@@ -324,15 +374,24 @@ fn devices(
         }
         if let Some(l) = d.location {
             if !(-90.0..=90.0).contains(&l.lat) {
-                out.push((p.key("location").key("lat"), "must be between -90 and 90".into()));
+                out.push((
+                    p.key("location").key("lat"),
+                    "must be between -90 and 90".into(),
+                ));
             }
             if !(-180.0..=180.0).contains(&l.lon) {
-                out.push((p.key("location").key("lon"), "must be between -180 and 180".into()));
+                out.push((
+                    p.key("location").key("lon"),
+                    "must be between -180 and 180".into(),
+                ));
             }
         }
         for (k, cam) in d.cameras.iter().enumerate() {
             if !camera_ids.contains(cam) {
-                out.push((p.key("cameras").index(k), format!("no camera has id {cam:?}")));
+                out.push((
+                    p.key("cameras").index(k),
+                    format!("no camera has id {cam:?}"),
+                ));
             }
         }
         secret(
@@ -346,12 +405,21 @@ fn devices(
             out,
         );
         if d.password.is_some() && d.username.is_none() {
-            out.push((p.key("username"), "is required when a password is set".into()));
+            out.push((
+                p.key("username"),
+                "is required when a password is set".into(),
+            ));
         }
     }
 }
 
-fn scope(list: &[String], known: Option<&HashSet<String>>, what: &str, p: &KeyPath, out: &mut Problems) {
+fn scope(
+    list: &[String],
+    known: Option<&HashSet<String>>,
+    what: &str,
+    p: &KeyPath,
+    out: &mut Problems,
+) {
     if list.is_empty() {
         out.push((p.clone(), format!("lists no {what}s; use [\"*\"] for all")));
     }
@@ -367,12 +435,21 @@ fn scope(list: &[String], known: Option<&HashSet<String>>, what: &str, p: &KeyPa
     }
 }
 
-fn api(cfg: &mut Config, env: &dyn Env, base: &Path, camera_ids: &HashSet<String>, out: &mut Problems) {
+fn api(
+    cfg: &mut Config,
+    env: &dyn Env,
+    base: &Path,
+    camera_ids: &HashSet<String>,
+    out: &mut Problems,
+) {
     let p = KeyPath::root().key("api");
     if cfg.api.listen.parse::<SocketAddr>().is_err() {
         out.push((
             p.key("listen"),
-            format!("{:?} is not an address such as 127.0.0.1:8080", cfg.api.listen),
+            format!(
+                "{:?} is not an address such as 127.0.0.1:8080",
+                cfg.api.listen
+            ),
         ));
     }
     let device_ids: HashSet<String> = cfg.devices.iter().map(|d| d.id.clone()).collect();
@@ -384,7 +461,10 @@ fn api(cfg: &mut Config, env: &dyn Env, base: &Path, camera_ids: &HashSet<String
             Err(e) => out.push((tp.key("name"), e)),
             Ok(()) => {
                 if !names.insert(t.name.clone()) {
-                    out.push((tp.key("name"), format!("{:?} is used by another token", t.name)));
+                    out.push((
+                        tp.key("name"),
+                        format!("{:?} is used by another token", t.name),
+                    ));
                 }
             }
         }
@@ -416,8 +496,20 @@ fn api(cfg: &mut Config, env: &dyn Env, base: &Path, camera_ids: &HashSet<String
                 }
             }
         }
-        scope(&t.cameras, Some(camera_ids), "camera", &tp.key("cameras"), out);
-        scope(&t.devices, Some(&device_ids), "device", &tp.key("devices"), out);
+        scope(
+            &t.cameras,
+            Some(camera_ids),
+            "camera",
+            &tp.key("cameras"),
+            out,
+        );
+        scope(
+            &t.devices,
+            Some(&device_ids),
+            "device",
+            &tp.key("devices"),
+            out,
+        );
     }
 }
 
@@ -464,23 +556,44 @@ fn bridge(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) {
         if !is_gb_id(&g.server_domain, 10) {
             out.push((
                 gp.key("server_domain"),
-                format!("{:?} must be the 10-digit domain (the first 10 digits of server_id)", g.server_domain),
+                format!(
+                    "{:?} must be the 10-digit domain (the first 10 digits of server_id)",
+                    g.server_domain
+                ),
             ));
         } else if is_gb_id(&g.server_id, 20) && !g.server_id.starts_with(&g.server_domain) {
-            out.push((gp.key("server_domain"), "must be the first 10 digits of server_id".into()));
+            out.push((
+                gp.key("server_domain"),
+                "must be the first 10 digits of server_id".into(),
+            ));
         }
         if g.local_listen.parse::<SocketAddr>().is_err() {
-            out.push((gp.key("local_listen"), format!("{:?} is not an address such as 0.0.0.0:5060", g.local_listen)));
+            out.push((
+                gp.key("local_listen"),
+                format!(
+                    "{:?} is not an address such as 0.0.0.0:5060",
+                    g.local_listen
+                ),
+            ));
         }
         match g.server_addr.rsplit_once(':') {
             Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok() => {}
-            _ => out.push((gp.key("server_addr"), format!("{:?} is not host:port", g.server_addr))),
+            _ => out.push((
+                gp.key("server_addr"),
+                format!("{:?} is not host:port", g.server_addr),
+            )),
         }
         if !(60..=86400).contains(&g.register_expires_seconds) {
-            out.push((gp.key("register_expires_seconds"), "must be between 60 and 86400".into()));
+            out.push((
+                gp.key("register_expires_seconds"),
+                "must be between 60 and 86400".into(),
+            ));
         }
         if !(5..=3600).contains(&g.keepalive_seconds) {
-            out.push((gp.key("keepalive_seconds"), "must be between 5 and 3600".into()));
+            out.push((
+                gp.key("keepalive_seconds"),
+                "must be between 5 and 3600".into(),
+            ));
         }
         secret(
             &mut g.password,

@@ -26,7 +26,13 @@ impl PgStore {
     pub(crate) async fn open(url: &str, opts: &OpenOptions, node: NodeId) -> Result<Self> {
         let shown = crate::redact_url(url);
         let mut connect = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("bad PostgreSQL url {shown}"), e))?
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidArgument,
+                    format!("bad PostgreSQL url {shown}"),
+                    e,
+                )
+            })?
             .application_name("xueliang")
             .log_statements(tracing::log::LevelFilter::Trace);
         if let Some(pw) = &opts.password {
@@ -38,7 +44,11 @@ impl PgStore {
             .connect_with(connect)
             .await
             .map_err(|e| {
-                Error::with_source(ErrorKind::Unavailable, format!("cannot connect to PostgreSQL at {shown}"), e)
+                Error::with_source(
+                    ErrorKind::Unavailable,
+                    format!("cannot connect to PostgreSQL at {shown}"),
+                    e,
+                )
             })?;
         Ok(PgStore { pool, node })
     }
@@ -47,7 +57,11 @@ impl PgStore {
     /// others wait and then find nothing left to do.
     async fn migrate_impl(&self) -> Result<Vec<i64>> {
         use sqlx::Executor;
-        let mut conn = self.pool.acquire().await.map_err(crate::error::db("acquire connection"))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(crate::error::db("acquire connection"))?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *conn)
@@ -57,10 +71,14 @@ impl PgStore {
             conn.execute(crate::migrate::CREATE_MIGRATIONS_TABLE)
                 .await
                 .map_err(crate::error::db("create schema_migrations"))?;
-            conn.execute("BEGIN").await.map_err(crate::error::db("begin migration"))?;
+            conn.execute("BEGIN")
+                .await
+                .map_err(crate::error::db("begin migration"))?;
             let r = apply_pending(&mut conn, MIGRATIONS).await;
             let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            conn.execute(end).await.map_err(crate::error::db("end migration"))?;
+            conn.execute(end)
+                .await
+                .map_err(crate::error::db("end migration"))?;
             r
         }
         .await;

@@ -1,0 +1,8 @@
+//! The `xueliang` binary's library half: command line, logging, wiring and shutdown.
+//!
+//! Only this crate knows the shape of the pipeline; stage crates know nothing of each other.
+
+pub mod cli;
+pub mod logging;
+pub mod run;
+pub mod signals;

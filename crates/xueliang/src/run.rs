@@ -1,0 +1,266 @@
+//! Wiring: open the store, sync configuration into it, start the stages, shut down in reverse.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+use xueliang_core::config::{self, Config};
+use xueliang_core::shutdown::Shutdown;
+use xueliang_core::{Clock, EntityId, Error, ErrorKind, ResultExt, SystemClock};
+use xueliang_store::{
+    ActorKind, ApiToken, AuditEntry, CameraUpsert, DeviceUpsert, OpenOptions, Store,
+};
+
+/// Knobs for embedding the service (tests, demo).
+#[derive(Default)]
+pub struct RunOptions {
+    /// Use this shutdown handle instead of installing signal handlers.
+    pub shutdown: Option<Shutdown>,
+    /// Called with the bound API address once the service is ready.
+    pub on_ready: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("shutdown", &self.shutdown)
+            .field("on_ready", &self.on_ready.is_some())
+            .finish()
+    }
+}
+
+fn prepare_dirs(cfg: &Config) -> Result<(), Error> {
+    for dir in [cfg.node.data_dir.clone(), cfg.recordings_dir()] {
+        std::fs::create_dir_all(&dir).err_kind(ErrorKind::Unavailable, || {
+            format!("cannot create directory {}", dir.display())
+        })?;
+    }
+    Ok(())
+}
+
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, Error> {
+    let opts = OpenOptions::from_config(cfg);
+    let store = xueliang_store::open(&opts, cfg.node_id()).await?;
+    let applied = store.migrate().await?;
+    let version = store.schema_version().await?;
+    tracing::info!(backend = store.backend().as_str(), schema = version, applied = ?applied, "database ready");
+    Ok(store)
+}
+
+/// `xueliang migrate`: bring the schema up to date and exit.
+pub async fn migrate_only(cfg: &Config) -> Result<(), Error> {
+    prepare_dirs(cfg)?;
+    let store = open_store(cfg).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Makes the store's view of cameras, devices and tokens match the configuration.
+async fn sync_config(store: &dyn Store, cfg: &Config, clock: &dyn Clock) -> Result<(), Error> {
+    let now = clock.now();
+    let cams: Vec<_> = cfg
+        .cameras
+        .iter()
+        .map(|c| CameraUpsert {
+            id: c.id.clone(),
+            name: c.name.clone(),
+        })
+        .collect();
+    store.sync_cameras(&cams, now).await?;
+    let devs: Vec<_> = cfg
+        .devices
+        .iter()
+        .map(|d| DeviceUpsert {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            lat: d.location.map(|l| l.lat),
+            lon: d.location.map(|l| l.lon),
+            cameras: d.cameras.clone(),
+        })
+        .collect();
+    store.sync_devices(&devs, now).await?;
+    let tokens: Vec<_> = cfg
+        .api
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            Some(ApiToken {
+                name: t.name.clone(),
+                token_sha256: xueliang_store::hash_token(t.token.as_ref()?.expose()),
+                role: t.role,
+                cameras: t.cameras.clone(),
+                devices: t.devices.clone(),
+                last_used: None,
+            })
+        })
+        .collect();
+    store.sync_api_tokens(&tokens, now).await?;
+    Ok(())
+}
+
+fn build_info(registry: &prometheus::Registry) -> Result<(), Error> {
+    let g = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("xueliang_build_info", "Always 1; labels carry the version"),
+        &["version"],
+    )
+    .err_kind(ErrorKind::Internal, || "define build info".into())?;
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry
+        .register(Box::new(g))
+        .err_kind(ErrorKind::Internal, || "register build info".into())
+}
+
+/// `xueliang run`: serve until a signal (or `opts.shutdown`), then stop within the deadline.
+pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    for w in cfg.warnings() {
+        tracing::warn!(warning = %w, "configuration");
+    }
+    let shutdown = match opts.shutdown {
+        Some(s) => s,
+        None => {
+            let s = Shutdown::new();
+            crate::signals::spawn(s.clone())?;
+            s
+        }
+    };
+    prepare_dirs(&cfg)?;
+    let registry = prometheus::Registry::new();
+    build_info(&registry)?;
+
+    let store = open_store(&cfg).await?;
+    sync_config(store.as_ref(), &cfg, clock.as_ref()).await?;
+    audit_start(store.as_ref(), &cfg, clock.as_ref()).await?;
+
+    let addr = cfg
+        .api
+        .listen_addr()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "api.listen is not an address"))?;
+    let listener = xueliang_api::bind(addr).await?;
+    let bound = listener
+        .local_addr()
+        .err_kind(ErrorKind::Internal, || "read bound address".into())?;
+    let state =
+        xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
+    let api = tokio::spawn(xueliang_api::serve(listener, state, shutdown.clone()));
+    tracing::info!(addr = %bound, node = %cfg.node.id, cameras = cfg.cameras.len(), devices = cfg.devices.len(), "api listening");
+    if let Some(f) = opts.on_ready {
+        f(bound);
+    }
+
+    shutdown.cancelled().await;
+    let deadline = Duration::from_secs(cfg.node.shutdown_timeout_seconds.into());
+    let stopped = tokio::time::timeout(deadline, async {
+        // Reverse order of start: the API (finishing requests in flight), then the store.
+        match api.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(err = %e.chain(), "api stopped with an error"),
+            Err(e) => tracing::warn!(err = %e, "api task failed"),
+        }
+        store.close().await;
+    })
+    .await;
+    match stopped {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::Cancelled,
+            format!(
+                "shutdown took longer than {}s; exiting anyway",
+                deadline.as_secs()
+            ),
+        )),
+    }
+}
+
+async fn audit_start(store: &dyn Store, cfg: &Config, clock: &dyn Clock) -> Result<(), Error> {
+    let now = clock.now();
+    // A digest of the effective configuration shape (no secrets) lets an auditor see when it changed.
+    let shape = serde_json::json!({
+        "cameras": cfg.cameras.iter().map(|c| (&c.id, &c.url, c.record, c.motion.enabled)).collect::<Vec<_>>(),
+        "devices": cfg.devices.iter().map(|d| (&d.id, &d.cameras)).collect::<Vec<_>>(),
+        "tokens": cfg.api.tokens.iter().map(|t| (&t.name, t.role.as_str(), &t.cameras)).collect::<Vec<_>>(),
+        "listen": cfg.api.listen,
+    });
+    let digest = hex::encode(sha2::Sha256::digest(shape.to_string().as_bytes()));
+    store
+        .append_audit(&AuditEntry {
+            id: EntityId::new_at(now),
+            node_id: cfg.node.id.clone(),
+            at: now,
+            actor: "system".into(),
+            actor_kind: ActorKind::System,
+            action: "service.start".into(),
+            target: None,
+            detail:
+                serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "config_sha256": digest })
+                    .to_string(),
+            remote_addr: None,
+        })
+        .await
+}
+
+/// The demo configuration, built into the binary.
+pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
+
+/// `xueliang demo`: the built-in configuration in a fresh data directory, with a fresh token.
+#[allow(clippy::print_stdout)]
+pub async fn demo(data_dir: Option<PathBuf>, listen: &str) -> Result<(), Error> {
+    let dir = match data_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("xueliang-demo-{}", chrono_stamp())),
+    };
+    std::fs::create_dir_all(&dir).err_kind(ErrorKind::Unavailable, || {
+        format!("cannot create {}", dir.display())
+    })?;
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut env = std::collections::HashMap::new();
+    env.insert("XUELIANG_TOKEN_DEMO_VALUE".to_owned(), token.clone());
+    let mut cfg =
+        config::load_str(DEMO_CONFIG, "(built-in demo.toml)", &dir, &env).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Internal,
+                "the built-in demo configuration is invalid",
+                e,
+            )
+        })?;
+    cfg.node.data_dir = dir.clone();
+    cfg.api.listen = listen.to_owned();
+    let shutdown = Shutdown::new();
+    crate::signals::spawn(shutdown.clone())?;
+    let token_for_banner = token.clone();
+    let dir_for_banner = dir.clone();
+    let on_ready = Box::new(move |addr: std::net::SocketAddr| {
+        println!();
+        println!("  Xueliang demo is running.");
+        println!("  data directory : {}", dir_for_banner.display());
+        println!("  health         : http://{addr}/healthz");
+        println!("  metrics        : http://{addr}/metrics");
+        println!("  API token      : {token_for_banner}");
+        println!(
+            "  cameras        : curl -H 'Authorization: Bearer {token_for_banner}' http://{addr}/api/v1/cameras"
+        );
+        println!("  stop           : Ctrl-C (twice to stop at once)");
+        println!();
+    });
+    run(
+        Arc::new(cfg),
+        RunOptions {
+            shutdown: Some(shutdown),
+            on_ready: Some(on_ready),
+        },
+    )
+    .await
+}
+
+fn chrono_stamp() -> String {
+    let now = SystemClock.now();
+    format!("{}-{}", now.as_millis(), std::process::id())
+}

@@ -1,0 +1,310 @@
+//! Helpers for end-to-end tests: find the built binary, run it, talk HTTP to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The `xueliang` binary: `XUELIANG_BIN`, else the one cargo built beside this test.
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("XUELIANG_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/xueliang
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("xueliang");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// `xueliang ARGS`, to completion: (exit status, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("XUELIANG_LOG")
+        .output()
+        .expect("run xueliang");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running service whose JSON log lines are collected.
+#[derive(Debug)]
+pub struct Service {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Service {
+    /// Starts `xueliang run --config FILE` and waits for its "api listening" line.
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Service {
+        Self::start_args(
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            env,
+        )
+    }
+
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Service {
+        let mut child = Command::new(bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("XUELIANG_LOG_FORMAT", "json")
+            .env("XUELIANG_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xueliang");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().expect("stdout")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut s = Service {
+            child,
+            lines: rx,
+            log: Vec::new(),
+            addr: None,
+        };
+        let line = s.wait_for_log("api listening", Duration::from_secs(60));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        s.addr = Some(
+            v["addr"]
+                .as_str()
+                .expect("addr field")
+                .parse()
+                .expect("socket addr"),
+        );
+        s
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log so far on timeout or exit.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        panic!(
+                            "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                            self.log.join("\n")
+                        );
+                    }
+                    if let Ok(Some(st)) = self.child.try_wait() {
+                        panic!(
+                            "xueliang exited ({st}) before logging {needle:?}; log:\n{}",
+                            self.log.join("\n")
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "xueliang closed its output before logging {needle:?}; log:\n{}",
+                        self.log.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("service address")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{name} failed");
+    }
+
+    /// Waits for exit; collects the remaining log.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.log.push(line);
+            }
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                std::thread::sleep(Duration::from_millis(50));
+                while let Ok(line) = self.lines.try_recv() {
+                    self.log.push(line);
+                }
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "xueliang did not exit within {timeout:?}; log:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` with optional bearer token over a fresh connection.
+pub fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Writes `text` to `name` in `dir` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p
+}
+
+/// An example configuration with its data directory and API address moved for a test.
+pub fn example_config(name: &str, data_dir: &Path) -> String {
+    let text =
+        std::fs::read_to_string(repo_root().join("config").join(name)).expect("read example");
+    text.lines()
+        .map(|l| {
+            if l.starts_with("data_dir = ") {
+                format!("data_dir = {:?}", data_dir.display().to_string())
+            } else if l.starts_with("listen = \"127.0.0.1:8080\"") {
+                "listen = \"127.0.0.1:0\"".to_owned()
+            } else if l.starts_with("dir = ") {
+                format!(
+                    "dir = {:?}",
+                    data_dir.join("recordings").display().to_string()
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
