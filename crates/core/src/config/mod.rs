@@ -539,12 +539,12 @@ impl Config {
         if self.api.tokens.is_empty() {
             w.push("api.tokens: none configured; every /api/v1 request will be refused".into());
         }
-        if let Some(addr) = self.api.listen_addr() {
-            if !addr.ip().is_loopback() {
-                w.push(format!(
-                    "api.listen: {addr} is reachable from the network over plain HTTP"
-                ));
-            }
+        if let Some(addr) = self.api.listen_addr()
+            && !addr.ip().is_loopback()
+        {
+            w.push(format!(
+                "api.listen: {addr} is reachable from the network over plain HTTP"
+            ));
         }
         if self.mqtt.mode == MqttMode::Embedded && self.devices.iter().any(|d| d.password.is_none())
         {

@@ -161,12 +161,13 @@ pub fn locate(text: &str, target: &KeyPath) -> Option<usize> {
         consider(&path, line_no, &mut best);
         // Keys inside an inline table on this line: `motion = { enabled = true, zonez = [] }`.
         let matched = common_prefix(&path, &target.0);
-        if matched == path.len() && target.0.len() > path.len() {
-            if let Some(Seg::Key(k)) = target.0.last() {
-                let value = &line[eq + 1..];
-                if value.contains('{') && contains_key(value, k) {
-                    return Some(line_no);
-                }
+        if matched == path.len()
+            && target.0.len() > path.len()
+            && let Some(Seg::Key(k)) = target.0.last()
+        {
+            let value = &line[eq + 1..];
+            if value.contains('{') && contains_key(value, k) {
+                return Some(line_no);
             }
         }
     }
@@ -204,10 +205,10 @@ fn header_path(name: &str, arrays: &[(String, usize)]) -> Vec<Seg> {
     for (i, p) in parts.iter().enumerate() {
         out.push(Seg::Key(p.clone()));
         let so_far = parts[..=i].join(".");
-        if i + 1 < parts.len() {
-            if let Some((_, c)) = arrays.iter().find(|(n, _)| *n == so_far) {
-                out.push(Seg::Index(*c));
-            }
+        if i + 1 < parts.len()
+            && let Some((_, c)) = arrays.iter().find(|(n, _)| *n == so_far)
+        {
+            out.push(Seg::Index(*c));
         }
     }
     out

@@ -198,13 +198,13 @@ fn mqtt(cfg: &mut Config, env: &dyn Env, base: &Path, p: &KeyPath, out: &mut Pro
                     "is for mode = \"external\"; the embedded broker uses listen".into(),
                 ));
             }
-            if let Some(l) = &m.listen {
-                if l.parse::<SocketAddr>().is_err() {
-                    out.push((
-                        p.key("listen"),
-                        format!("{l:?} is not an address such as 0.0.0.0:1883"),
-                    ));
-                }
+            if let Some(l) = &m.listen
+                && l.parse::<SocketAddr>().is_err()
+            {
+                out.push((
+                    p.key("listen"),
+                    format!("{l:?} is not an address such as 0.0.0.0:1883"),
+                ));
             }
         }
         MqttMode::External => {
@@ -269,10 +269,10 @@ fn storage(cfg: &Config, p: &KeyPath, out: &mut Problems) {
     if !(1..=3650).contains(&s.retention_days) {
         out.push((p.key("retention_days"), "must be between 1 and 3650".into()));
     }
-    if let Some(m) = s.max_bytes {
-        if m.0 < (1 << 30) {
-            out.push((p.key("max_bytes"), "must be at least 1 GiB".into()));
-        }
+    if let Some(m) = s.max_bytes
+        && m.0 < (1 << 30)
+    {
+        out.push((p.key("max_bytes"), "must be at least 1 GiB".into()));
     }
 }
 
@@ -427,10 +427,10 @@ fn scope(
         if id == "*" {
             continue;
         }
-        if let Some(known) = known {
-            if !known.contains(id) {
-                out.push((p.index(k), format!("no {what} has id {id:?}")));
-            }
+        if let Some(known) = known
+            && !known.contains(id)
+        {
+            out.push((p.index(k), format!("no {what} has id {id:?}")));
         }
     }
 }
