@@ -7,7 +7,8 @@
 #   deps      deploy/install-deps.sh all  (missing Debian packages, cargo-nextest)
 #   services  deploy/services.sh          (PostgreSQL and Mosquitto on loopback)
 #   fmt, clippy (-D warnings), build (the end-to-end tests spawn target/debug binaries),
-#   test (nextest, or cargo test without it), doctest, doc (-D warnings)
+#   doc (-D warnings), doctest, test (nextest, or cargo test without it), then one
+#   "tests: N passed, N failed" line
 #
 # XUELIANG_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres) is the
 # database the PostgreSQL tests use.
@@ -42,13 +43,29 @@ step() {
   echo "==> $name ok in $(fmt_secs $(($(now_us) - start)))"
 }
 
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+
 run_tests() {
   if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee "$test_log"
   else
     echo "cargo-nextest not found; using cargo test"
-    cargo test --workspace --locked --no-fail-fast
+    cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$test_log"
   fi
+}
+
+# Prints the suite's totals as one plain "N passed, N failed" line.
+test_totals() {
+  local passed failed
+  if grep -q 'tests run:' "$test_log"; then
+    passed=$(grep -Eo '[0-9]+ passed' "$test_log" | tail -1 | grep -Eo '[0-9]+')
+    failed=$(grep -Eo '[0-9]+ failed' "$test_log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+  else
+    passed=$(grep -Eo 'test result: .* [0-9]+ passed' "$test_log" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
+    failed=$(grep -Eo '[0-9]+ failed;' "$test_log" | awk '{s += $1} END {print s + 0}')
+  fi
+  echo "tests: ${passed:-0} passed, ${failed:-0} failed"
 }
 
 step deps bash deploy/install-deps.sh all
@@ -56,8 +73,9 @@ step services bash deploy/services.sh
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step build cargo build --workspace --bins --locked
-step test run_tests
-step doctest cargo test --workspace --doc --locked
 step doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+step doctest cargo test --workspace --doc --locked
+step test run_tests
 
 echo "==> all steps passed in $(fmt_secs $(($(now_us) - total_start)))"
+test_totals

@@ -37,7 +37,7 @@ impl Scope {
     }
 }
 
-/// Who is calling, attached to the request by [`require_token`].
+/// Who is calling; the auth middleware attaches it to every `/api/v1` request.
 #[derive(Clone, Debug)]
 pub struct Principal {
     /// `token:NAME`.
