@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod id;
+pub mod media;
 pub mod model;
 pub mod shutdown;
 pub mod time;

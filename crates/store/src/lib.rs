@@ -77,6 +77,31 @@ pub trait Store: Send + Sync + Debug {
     /// Gaps of a camera that overlap `[from, to)`; an open gap (no end) overlaps everything after it.
     async fn list_gaps(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Gap>>;
 
+    /// Ends an open gap.
+    async fn close_gap(&self, id: EntityId, end: Timestamp) -> Result<()>;
+    /// Removes a segment's row (its file is the caller's business).
+    async fn delete_segment(&self, id: EntityId) -> Result<()>;
+    /// Oldest segments first, across cameras or for one, optionally only those that started
+    /// before `before`; segments pinned past `now` are left out.
+    async fn oldest_unpinned_segments(
+        &self,
+        camera_id: Option<&str>,
+        before: Option<Timestamp>,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Segment>>;
+    /// Keeps a camera's segments overlapping `[from, to)` from retention until `until`
+    /// (extending, never shortening, an existing pin). Returns how many were pinned.
+    async fn pin_segments(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+        until: Timestamp,
+    ) -> Result<u64>;
+    /// Per camera: bytes indexed, segment count and oldest start.
+    async fn storage_usage(&self) -> Result<Vec<StorageUsage>>;
+
     /// Inserts configured devices or updates their name, location and camera links.
     async fn sync_devices(&self, devices: &[DeviceUpsert], at: Timestamp) -> Result<()>;
     async fn record_device_status(&self, status: &DeviceStatus) -> Result<()>;

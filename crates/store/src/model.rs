@@ -64,6 +64,15 @@ pub struct Gap {
     pub created_at: Timestamp,
 }
 
+/// Recordings of one camera as the index counts them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StorageUsage {
+    pub camera_id: String,
+    pub bytes: i64,
+    pub segments: i64,
+    pub oldest: Option<Timestamp>,
+}
+
 #[derive(Clone, Debug)]
 pub struct DeviceUpsert {
     pub id: String,

@@ -59,6 +59,7 @@ contract!(
     outbox_order_retry_and_delivery,
     audit_log_is_append_only,
     api_tokens_sync_hashed,
+    retention_queries_respect_pins,
 );
 
 async fn migrations_are_idempotent(s: Arc<dyn Store>, _db: &TestDb) {
@@ -778,4 +779,104 @@ async fn api_tokens_sync_hashed(s: Arc<dyn Store>, _db: &TestDb) {
     assert!(!got[0].token_sha256.contains("rotated"));
     s.touch_api_token("ops", t(99)).await.unwrap();
     assert_eq!(s.list_api_tokens().await.unwrap()[0].last_used, Some(t(99)));
+}
+
+async fn retention_queries_respect_pins(s: Arc<dyn Store>, _db: &TestDb) {
+    s.sync_cameras(&[cam("gate"), cam("yard")], t(0))
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for (cam_id, start) in [
+        ("gate", 0),
+        ("yard", 30_000),
+        ("gate", 60_000),
+        ("gate", 120_000),
+    ] {
+        let sg = seg(
+            cam_id,
+            start,
+            start + 60_000,
+            &format!("{cam_id}/{start}.mp4"),
+        );
+        s.insert_segment(&sg).await.unwrap();
+        all.push(sg);
+    }
+    let usage = s.storage_usage().await.unwrap();
+    assert_eq!(usage.len(), 2);
+    assert_eq!(
+        (
+            usage[0].camera_id.as_str(),
+            usage[0].bytes,
+            usage[0].segments
+        ),
+        ("gate", 3_000_000, 3)
+    );
+    assert_eq!(usage[0].oldest, Some(t(0)));
+
+    // Alarm footage around 70 s on the gate camera is pinned for a day.
+    let pinned = s
+        .pin_segments("gate", t(70_000), t(80_000), t(86_400_000))
+        .await
+        .unwrap();
+    assert_eq!(pinned, 1);
+    // A shorter pin never shortens a longer one.
+    assert_eq!(
+        s.pin_segments("gate", t(70_000), t(80_000), t(1000))
+            .await
+            .unwrap(),
+        0
+    );
+
+    let oldest = s
+        .oldest_unpinned_segments(None, None, t(200_000), 10)
+        .await
+        .unwrap();
+    let starts: Vec<_> = oldest
+        .iter()
+        .map(|x| (x.camera_id.as_str(), x.start))
+        .collect();
+    assert_eq!(
+        starts,
+        [("gate", t(0)), ("yard", t(30_000)), ("gate", t(120_000))]
+    );
+    let gate_old = s
+        .oldest_unpinned_segments(Some("gate"), Some(t(100_000)), t(200_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(gate_old.len(), 1);
+    // Once the pin expires, the segment is fair game again.
+    let later = s
+        .oldest_unpinned_segments(Some("gate"), None, t(86_400_001), 10)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 3);
+
+    s.delete_segment(all[0].id).await.unwrap();
+    assert_eq!(
+        s.list_segments("gate", t(0), t(1_000_000))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let g = Gap {
+        id: eid(200_000),
+        node_id: NODE.into(),
+        camera_id: "gate".into(),
+        start: t(200_000),
+        end: None,
+        reason: "camera offline".into(),
+        created_at: t(200_000),
+    };
+    s.insert_gap(&g).await.unwrap();
+    s.close_gap(g.id, t(260_000)).await.unwrap();
+    assert_eq!(
+        s.list_gaps("gate", t(0), t(1_000_000)).await.unwrap()[0].end,
+        Some(t(260_000))
+    );
+    assert_eq!(
+        s.close_gap(g.id, t(270_000)).await.unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
 }

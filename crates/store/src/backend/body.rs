@@ -480,6 +480,89 @@ impl crate::Store for StoreImpl {
         rows.iter().map(gap).collect()
     }
 
+    async fn close_gap(&self, gap_id: EntityId, end: Timestamp) -> Result<()> {
+        let r = sqlx::query("UPDATE recording_gaps SET end_ms = $2 WHERE id = $1 AND end_ms IS NULL")
+            .bind(gap_id.to_string())
+            .bind(end.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(db("close gap"))?;
+        if r.rows_affected() == 0 {
+            return Err(Error::new(ErrorKind::FailedPrecondition, format!("gap {gap_id} is unknown or already closed")));
+        }
+        Ok(())
+    }
+
+    async fn delete_segment(&self, segment_id: EntityId) -> Result<()> {
+        sqlx::query("DELETE FROM recording_segments WHERE id = $1")
+            .bind(segment_id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete segment"))?;
+        Ok(())
+    }
+
+    async fn oldest_unpinned_segments(
+        &self,
+        camera_id: Option<&str>,
+        before: Option<Timestamp>,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Segment>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, camera_id, stream, start_ms, end_ms, bytes, frames, path, sha256, \
+             pinned_until_ms, created_ms FROM recording_segments \
+             WHERE (CAST($1 AS TEXT) IS NULL OR camera_id = $1) \
+             AND (CAST($2 AS BIGINT) IS NULL OR start_ms < $2) \
+             AND (pinned_until_ms IS NULL OR pinned_until_ms <= $3) \
+             ORDER BY start_ms, id LIMIT $4",
+        )
+        .bind(camera_id)
+        .bind(before.map(Timestamp::as_millis))
+        .bind(now.as_millis())
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list oldest segments"))?;
+        rows.iter().map(segment).collect()
+    }
+
+    async fn pin_segments(&self, camera_id: &str, from: Timestamp, to: Timestamp, until: Timestamp) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE recording_segments SET pinned_until_ms = $4 \
+             WHERE camera_id = $1 AND start_ms < $3 AND end_ms > $2 \
+             AND (pinned_until_ms IS NULL OR pinned_until_ms < $4)",
+        )
+        .bind(camera_id)
+        .bind(from.as_millis())
+        .bind(to.as_millis())
+        .bind(until.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("pin segments"))?;
+        Ok(r.rows_affected())
+    }
+
+    async fn storage_usage(&self) -> Result<Vec<StorageUsage>> {
+        let rows = sqlx::query(
+            "SELECT camera_id, CAST(SUM(bytes) AS BIGINT) AS bytes, COUNT(*) AS n, MIN(start_ms) AS oldest \
+             FROM recording_segments GROUP BY camera_id ORDER BY camera_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("storage usage"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StorageUsage {
+                    camera_id: col(r, "camera_id")?,
+                    bytes: col::<Option<i64>>(r, "bytes")?.unwrap_or(0),
+                    segments: col(r, "n")?,
+                    oldest: opt_ts(r, "oldest")?,
+                })
+            })
+            .collect()
+    }
+
     async fn sync_devices(&self, devices: &[DeviceUpsert], at: Timestamp) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         for d in devices {
