@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 use xueliang_core::config::CameraConfig;
+use xueliang_core::health::{StreamHealth, StreamKind};
 use xueliang_core::model::CameraState;
 use xueliang_core::{ErrorKind, Timestamp};
 use xueliang_store::CameraRecord;
@@ -24,10 +25,37 @@ pub struct CameraView {
     pub state: CameraState,
     pub last_error: Option<String>,
     pub state_since: Option<Timestamp>,
+    pub last_frame: Option<Timestamp>,
+    pub fps: Option<f64>,
+    pub bitrate_bps: Option<u64>,
+    pub codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub reconnects: u64,
 }
 
-fn view(c: &CameraConfig, rec: Option<&CameraRecord>) -> CameraView {
+fn view(c: &CameraConfig, rec: Option<&CameraRecord>, live: Option<StreamHealth>) -> CameraView {
+    // The live board is fresher than the store; the store covers the time before ingest ran.
+    let (state, last_error, since) = match &live {
+        Some(h) => (h.state, h.last_error.clone(), Some(h.since)),
+        None => (
+            rec.map_or(CameraState::Connecting, |r| r.state),
+            rec.and_then(|r| r.last_error.clone()),
+            rec.map(|r| r.state_since),
+        ),
+    };
+    let live = live.as_ref();
     CameraView {
+        state,
+        last_error,
+        state_since: since,
+        last_frame: live.and_then(|h| h.last_frame),
+        fps: live.and_then(|h| h.fps),
+        bitrate_bps: live.and_then(|h| h.bitrate_bps),
+        codec: live.and_then(|h| h.codec.clone()),
+        width: live.and_then(|h| h.width),
+        height: live.and_then(|h| h.height),
+        reconnects: live.map_or(0, |h| h.reconnects),
         id: c.id.clone(),
         name: c.name.clone(),
         enabled: c.enabled,
@@ -35,9 +63,6 @@ fn view(c: &CameraConfig, rec: Option<&CameraRecord>) -> CameraView {
         motion: c.motion.enabled,
         url: c.url.clone(),
         sub_url: c.sub_url.clone(),
-        state: rec.map_or(CameraState::Connecting, |r| r.state),
-        last_error: rec.and_then(|r| r.last_error.clone()),
-        state_since: rec.map(|r| r.state_since),
     }
 }
 
@@ -51,7 +76,13 @@ pub(crate) async fn list(
         .cameras
         .iter()
         .filter(|c| who.cameras.allows(&c.id))
-        .map(|c| view(c, stored.iter().find(|r| r.id == c.id)))
+        .map(|c| {
+            view(
+                c,
+                stored.iter().find(|r| r.id == c.id),
+                st.health.get(&c.id, StreamKind::Main),
+            )
+        })
         .collect();
     Ok(Json(out))
 }
@@ -74,5 +105,9 @@ pub(crate) async fn get_one(
         ));
     }
     let rec = st.store.get_camera(&id).await?;
-    Ok(Json(view(cfg, rec.as_ref())))
+    Ok(Json(view(
+        cfg,
+        rec.as_ref(),
+        st.health.get(&id, StreamKind::Main),
+    )))
 }

@@ -7,6 +7,7 @@ mod auth;
 mod cameras;
 mod error;
 mod metrics;
+mod recordings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub registry: prometheus::Registry,
     pub metrics: HttpMetrics,
     pub clock: Arc<dyn Clock>,
+    /// Live camera health written by ingest.
+    pub health: xueliang_core::health::HealthBoard,
+    pub storage_dir: std::path::PathBuf,
+    pub storage: xueliang_record::retention::StorageStatus,
 }
 
 impl AppState {
@@ -50,6 +55,9 @@ impl AppState {
         let metrics = HttpMetrics::register(&registry)?;
         let tokens = Arc::new(TokenSet::from_config(&config.api.tokens));
         Ok(AppState {
+            storage_dir: config.recordings_dir(),
+            health: Default::default(),
+            storage: Default::default(),
             config,
             store,
             tokens,
@@ -65,6 +73,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/cameras", get(cameras::list))
         .route("/cameras/{id}", get(cameras::get_one))
+        .route("/cameras/{id}/recordings", get(recordings::list))
+        .route("/cameras/{id}/export.mp4", get(recordings::export))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -123,6 +133,7 @@ async fn healthz(State(st): State<AppState>) -> Response {
         "node": st.config.node.id,
         "version": env!("CARGO_PKG_VERSION"),
         "database": { "backend": st.store.backend().as_str(), "state": db_state },
+        "storage": { "fault": st.storage.fault() },
     });
     (status, axum::Json(body)).into_response()
 }

@@ -33,6 +33,15 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Compare recordings on disk with the index; exit 1 if they disagree.
+    Fsck {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Fix what is found: index orphan files (truncated to their last complete fragment),
+        /// remove empty files, replace rows of missing files by gaps. Stop the service first.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Run the service on its built-in demo configuration in a fresh data directory.
     Demo {
         /// Keep data here instead of a new temporary directory.
@@ -76,6 +85,17 @@ pub fn main(cli: Cli) -> ExitCode {
                 crate::run::migrate_only(&cfg).await
             }
             Command::Demo { data_dir, listen } => crate::run::demo(data_dir, &listen).await,
+            Command::Fsck { config, repair } => {
+                let cfg = load(&config)?;
+                if crate::run::fsck(&cfg, repair).await? || repair {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::DataLoss,
+                        "recordings and index disagree; run with --repair",
+                    ))
+                }
+            }
             Command::CheckConfig { .. } => unreachable!("handled above"),
         }
     });

@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod logging;
+pub mod pipeline;
 pub mod run;
 pub mod signals;

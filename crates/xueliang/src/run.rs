@@ -56,6 +56,33 @@ pub async fn migrate_only(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// `xueliang fsck`: compares recordings on disk with the index and reports (or repairs).
+#[allow(clippy::print_stdout)]
+pub async fn fsck(cfg: &Config, repair: bool) -> Result<bool, Error> {
+    let store = open_store(cfg).await?;
+    sync_config(store.as_ref(), cfg, &SystemClock).await?;
+    let cams: Vec<String> = cfg.cameras.iter().map(|c| c.id.clone()).collect();
+    let report = xueliang_record::reconcile::reconcile(
+        store.as_ref(),
+        &cfg.recordings_dir(),
+        &cams,
+        &cfg.node.id,
+        SystemClock.now(),
+        repair,
+    )
+    .await?;
+    store.close().await;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(|e| Error::with_source(
+            ErrorKind::Internal,
+            "report",
+            e
+        ))?
+    );
+    Ok(report.is_clean())
+}
+
 /// Makes the store's view of cameras, devices and tokens match the configuration.
 async fn sync_config(store: &dyn Store, cfg: &Config, clock: &dyn Clock) -> Result<(), Error> {
     let now = clock.now();
@@ -141,8 +168,12 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     let bound = listener
         .local_addr()
         .err_kind(ErrorKind::Internal, || "read bound address".into())?;
-    let state =
+    let pipeline =
+        crate::pipeline::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown).await?;
+    let mut state =
         xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
+    state.health = pipeline.health.clone();
+    state.storage = pipeline.storage.clone();
     let api = tokio::spawn(xueliang_api::serve(listener, state, shutdown.clone()));
     tracing::info!(addr = %bound, node = %cfg.node.id, cameras = cfg.cameras.len(), devices = cfg.devices.len(), "api listening");
     if let Some(f) = opts.on_ready {
@@ -152,12 +183,14 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     shutdown.cancelled().await;
     let deadline = Duration::from_secs(cfg.node.shutdown_timeout_seconds.into());
     let stopped = tokio::time::timeout(deadline, async {
-        // Reverse order of start: the API (finishing requests in flight), then the store.
+        // Reverse order of start: the API (finishing requests in flight), the cameras and
+        // writers (closing and indexing their files), then the store.
         match api.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(err = %e.chain(), "api stopped with an error"),
             Err(e) => tracing::warn!(err = %e, "api task failed"),
         }
+        pipeline.stop().await;
         store.close().await;
     })
     .await;

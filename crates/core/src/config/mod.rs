@@ -344,8 +344,17 @@ pub struct CameraConfig {
     pub enabled: bool,
     #[serde(default = "yes")]
     pub record: bool,
+    /// Overrides `storage.retention_days` for this camera.
+    pub retention_days: Option<u32>,
+    /// No frame for this long counts as a failure even if the connection stays open.
+    #[serde(default = "default_stall_seconds")]
+    pub stall_seconds: u32,
     #[serde(default)]
     pub motion: MotionConfig,
+}
+
+fn default_stall_seconds() -> u32 {
+    10
 }
 
 fn yes() -> bool {

@@ -329,6 +329,12 @@ fn cameras(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) -> 
                 "is required when a password is set".into(),
             ));
         }
+        if c.retention_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+            out.push((p.key("retention_days"), "must be between 1 and 3650".into()));
+        }
+        if !(2..=300).contains(&c.stall_seconds) {
+            out.push((p.key("stall_seconds"), "must be between 2 and 300".into()));
+        }
         let m = p.key("motion");
         let mut zone_names = HashSet::new();
         for (z, zone) in c.motion.zones.iter().enumerate() {

@@ -1,0 +1,277 @@
+//! `GET /api/v1/cameras/{id}/recordings` and `/export.mp4`: the index, and playable spans of it.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use xueliang_core::{ErrorKind, Timestamp};
+
+use crate::{ApiError, AppState, Principal};
+
+/// Longest span one recordings query may cover.
+const MAX_LIST_DAYS: i64 = 366;
+/// Longest span one export may cover.
+const MAX_EXPORT_HOURS: i64 = 24;
+
+fn param_time(q: &HashMap<String, String>, name: &str) -> Result<Option<Timestamp>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => Timestamp::parse_rfc3339(v).map(Some).map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("query parameter `{name}`: {v:?} is not an RFC 3339 time such as 2026-11-24T08:00:00Z ({e})"),
+            )
+        }),
+    }
+}
+
+fn check_camera(st: &AppState, who: &Principal, id: &str) -> Result<(), ApiError> {
+    if !st.config.cameras.iter().any(|c| c.id == id) {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no camera {id:?}"),
+        ));
+    }
+    if !who.cameras.allows(id) {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("{} may not see camera {id:?}", who.actor),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct RecordingView {
+    id: String,
+    start: Timestamp,
+    end: Timestamp,
+    stream: String,
+    bytes: i64,
+    frames: i64,
+    pinned_until: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize)]
+struct GapView {
+    start: Timestamp,
+    end: Option<Timestamp>,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RecordingsView {
+    camera: String,
+    from: Timestamp,
+    to: Timestamp,
+    recordings: Vec<RecordingView>,
+    gaps: Vec<GapView>,
+}
+
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<RecordingsView>, ApiError> {
+    check_camera(&st, &who, &id)?;
+    let to = param_time(&q, "to")?.unwrap_or_else(|| st.clock.now());
+    let from =
+        param_time(&q, "from")?.unwrap_or(Timestamp::from_millis(to.as_millis() - 86_400_000));
+    if to <= from {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            "`to` must be after `from`",
+        ));
+    }
+    if to.as_millis() - from.as_millis() > MAX_LIST_DAYS * 86_400_000 {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("a query may cover at most {MAX_LIST_DAYS} days"),
+        ));
+    }
+    let segs = st.store.list_segments(&id, from, to).await?;
+    let gaps = st.store.list_gaps(&id, from, to).await?;
+    Ok(Json(RecordingsView {
+        camera: id,
+        from,
+        to,
+        recordings: segs
+            .into_iter()
+            .map(|s| RecordingView {
+                id: s.id.to_string(),
+                start: s.start,
+                end: s.end,
+                stream: s.stream,
+                bytes: s.bytes,
+                frames: s.frames,
+                pinned_until: s.pinned_until,
+            })
+            .collect(),
+        gaps: gaps
+            .into_iter()
+            .map(|g| GapView {
+                start: g.start,
+                end: g.end,
+                reason: g.reason,
+            })
+            .collect(),
+    }))
+}
+
+/// Parses a single `bytes=` range against `len`. `Ok(None)`: serve the whole body.
+fn parse_range(h: Option<&HeaderValue>, len: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
+    let Some(v) = h.and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Multipart ranges are rarely used by players; the whole body is a valid answer.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let range = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            len.saturating_sub(n)..len
+        }
+        (s, "") => s.parse::<u64>().map_err(|_| ())?..len,
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| ())?;
+            let e: u64 = e.parse().map_err(|_| ())?;
+            if e < s {
+                return Err(());
+            }
+            s..(e + 1).min(len)
+        }
+    };
+    if range.start >= len || range.start >= range.end {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
+pub(crate) async fn export(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_camera(&st, &who, &id)?;
+    let missing = |n: &str| {
+        ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("query parameter `{n}` is required"),
+        )
+    };
+    let from = param_time(&q, "from")?.ok_or_else(|| missing("from"))?;
+    let to = param_time(&q, "to")?.ok_or_else(|| missing("to"))?;
+    if to <= from {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            "`to` must be after `from`",
+        ));
+    }
+    if to.as_millis() - from.as_millis() > MAX_EXPORT_HOURS * 3_600_000 {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("an export may cover at most {MAX_EXPORT_HOURS} hours"),
+        ));
+    }
+    // Include the segment holding the key frame before `from`.
+    let lookback = Timestamp::from_millis(from.as_millis() - 10 * 60_000);
+    let segs = st.store.list_segments(&id, lookback, to).await?;
+    let dir = st.storage_dir.clone();
+    let plan =
+        tokio::task::spawn_blocking(move || xueliang_record::export::plan(&dir, &segs, from, to))
+            .await
+            .map_err(|e| {
+                ApiError(xueliang_core::Error::with_source(
+                    ErrorKind::Internal,
+                    "export task",
+                    e,
+                ))
+            })??;
+    let len = plan.len;
+    let range = match parse_range(headers.get(header::RANGE), len) {
+        Ok(r) => r,
+        Err(()) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                crate::error::body(
+                    ErrorKind::InvalidArgument,
+                    "the Range header is not satisfiable",
+                ),
+            )
+                .into_response());
+        }
+    };
+    tracing::info!(camera = %id, actor = %who.actor, from = %from, to = %to, bytes = len, frames = plan.frames, ranged = range.is_some(), "export");
+    let (status, r) = match range.clone() {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r),
+        None => (StatusCode::OK, 0..len),
+    };
+    let filename = format!(
+        "{id}_{}.mp4",
+        plan.start.to_datetime().format("%Y%m%dT%H%M%SZ")
+    );
+    let mut res = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .header(header::CONTENT_LENGTH, r.end - r.start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        )
+        .header("x-xueliang-export-start", plan.start.to_rfc3339())
+        .header("x-xueliang-export-end", plan.end.to_rfc3339());
+    if range.is_some() {
+        res = res.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{len}", r.start, r.end - 1),
+        );
+    }
+    res.body(Body::from_stream(plan.stream(r))).map_err(|e| {
+        ApiError(xueliang_core::Error::with_source(
+            ErrorKind::Internal,
+            "build response",
+            e,
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+    use axum::http::HeaderValue;
+
+    fn r(s: &str, len: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
+        parse_range(Some(&HeaderValue::from_str(s).unwrap()), len)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(r("bytes=0-9", 100), Ok(Some(0..10)));
+        assert_eq!(r("bytes=90-", 100), Ok(Some(90..100)));
+        assert_eq!(r("bytes=-10", 100), Ok(Some(90..100)));
+        assert_eq!(r("bytes=50-500", 100), Ok(Some(50..100)));
+        assert_eq!(r("bytes=100-", 100), Err(()));
+        assert_eq!(r("bytes=9-3", 100), Err(()));
+        assert_eq!(r("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(r("items=0-1", 100), Ok(None));
+    }
+}
