@@ -659,3 +659,93 @@ impl Drop for TmpfsMount {
             .status();
     }
 }
+
+#[test]
+fn broken_cameras_get_a_clear_error_and_the_service_keeps_running() {
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let jpeg = RtspServer::start(&small(Codec::Jpeg));
+    let good = RtspServer::start(&small(Codec::H264));
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"[node]
+id = "broken-test"
+data_dir = {dir:?}
+[api]
+listen = "127.0.0.1:0"
+[[api.tokens]]
+name = "t"
+token = "{TOKEN}"
+role = "admin"
+[storage]
+min_free_bytes = "1 MiB"
+[[cameras]]
+id = "cam1"
+url = "{good}"
+sub_url = "{good}"
+[[cameras]]
+id = "unreachable"
+url = "rtsp://127.0.0.1:{port}/cam"
+[[cameras]]
+id = "mjpeg"
+url = "{jpeg}"
+"#,
+        dir = dir.path().display().to_string(),
+        good = good.url(),
+        jpeg = jpeg.url(),
+    );
+    let cfg = write_file(dir.path(), "node.toml", &text);
+    let svc = Service::start(&cfg, &[]);
+    let cam = wait_camera(&svc, Duration::from_secs(20), "online", |c| {
+        c["state"] == "online"
+    });
+    assert_eq!(cam["sub"]["state"], "online", "{cam}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (unreachable, mjpeg) = loop {
+        let all = get(svc.addr(), "/api/v1/cameras", Some(TOKEN)).json();
+        let find = |id: &str| {
+            all.as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let (u, m) = (find("unreachable"), find("mjpeg"));
+        if (u["state"] == "offline" && m["state"] == "offline") || Instant::now() > deadline {
+            break (u, m);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let ue = unreachable["last_error"].as_str().unwrap_or_default();
+    assert!(
+        ue.contains("DESCRIBE") && ue.to_lowercase().contains("refused"),
+        "{unreachable}"
+    );
+    let me = mjpeg["last_error"].as_str().unwrap_or_default();
+    assert!(
+        me.contains("unsupported codec") && me.contains("video/jpeg"),
+        "{mjpeg}"
+    );
+    // The good camera kept recording meanwhile, and the metrics say so per camera.
+    let m = get(svc.addr(), "/metrics", None).body;
+    let frames = m
+        .lines()
+        .find(|l| l.starts_with("xueliang_camera_frames_total{camera=\"cam1\",stream=\"main\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(frames > 0, "{m}");
+    assert!(
+        m.contains(
+            "xueliang_camera_state{camera=\"unreachable\",state=\"offline\",stream=\"main\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("xueliang_camera_reconnects_total{camera=\"unreachable\",stream=\"main\"}"),
+        "{m}"
+    );
+}

@@ -35,6 +35,8 @@ pub fn script() -> PathBuf {
 pub enum Codec {
     H264,
     H265,
+    /// Motion JPEG: a codec the recorder does not take, for error-path tests.
+    Jpeg,
 }
 
 impl Codec {
@@ -43,6 +45,7 @@ impl Codec {
         match self {
             Codec::H264 => "h264",
             Codec::H265 => "h265",
+            Codec::Jpeg => "jpeg",
         }
     }
 
@@ -51,6 +54,7 @@ impl Codec {
         match self {
             Codec::H264 => "h264",
             Codec::H265 => "hevc",
+            Codec::Jpeg => "mjpeg",
         }
     }
 }

@@ -32,9 +32,16 @@ pub struct CameraView {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub reconnects: u64,
+    /// The sub stream's health, when one is configured.
+    pub sub: Option<StreamHealth>,
 }
 
-fn view(c: &CameraConfig, rec: Option<&CameraRecord>, live: Option<StreamHealth>) -> CameraView {
+fn view(
+    c: &CameraConfig,
+    rec: Option<&CameraRecord>,
+    live: Option<StreamHealth>,
+    sub: Option<StreamHealth>,
+) -> CameraView {
     // The live board is fresher than the store; the store covers the time before ingest ran.
     let (state, last_error, since) = match &live {
         Some(h) => (h.state, h.last_error.clone(), Some(h.since)),
@@ -56,6 +63,11 @@ fn view(c: &CameraConfig, rec: Option<&CameraRecord>, live: Option<StreamHealth>
         width: live.and_then(|h| h.width),
         height: live.and_then(|h| h.height),
         reconnects: live.map_or(0, |h| h.reconnects),
+        sub: sub.or_else(|| {
+            c.sub_url
+                .as_ref()
+                .map(|_| StreamHealth::connecting(since.unwrap_or(Timestamp::from_millis(0))))
+        }),
         id: c.id.clone(),
         name: c.name.clone(),
         enabled: c.enabled,
@@ -81,6 +93,7 @@ pub(crate) async fn list(
                 c,
                 stored.iter().find(|r| r.id == c.id),
                 st.health.get(&c.id, StreamKind::Main),
+                st.health.get(&c.id, StreamKind::Sub),
             )
         })
         .collect();
@@ -109,5 +122,6 @@ pub(crate) async fn get_one(
         cfg,
         rec.as_ref(),
         st.health.get(&id, StreamKind::Main),
+        st.health.get(&id, StreamKind::Sub),
     )))
 }

@@ -73,8 +73,13 @@ pub enum IndexEvent {
 
 enum Msg {
     Started,
+    /// Frames were dropped (queue full) right here in the sequence.
+    Dropped(u64),
     Frame(VideoFrame),
-    Ended { at: Timestamp, reason: String },
+    Ended {
+        at: Timestamp,
+        reason: String,
+    },
     Stop,
 }
 
@@ -110,6 +115,22 @@ impl WriterHandle {
     }
 
     fn send(&self, m: Msg) {
+        // Drops are reported in sequence, before the next message that gets through, so the
+        // writer cuts its file and opens the gap exactly where frames went missing.
+        let pending = self.dropped.load(Ordering::Relaxed);
+        if pending > 0 {
+            match self.tx.try_send(Msg::Dropped(pending)) {
+                Ok(()) => {
+                    self.dropped.fetch_sub(pending, Ordering::Relaxed);
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.dropped(&self.camera);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
         match self.tx.try_send(m) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -128,10 +149,9 @@ pub fn spawn(
     metrics: RecordMetrics,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_frames.max(8));
-    let dropped = Arc::new(AtomicU64::new(0));
     let handle = WriterHandle {
         tx,
-        dropped: dropped.clone(),
+        dropped: Arc::new(AtomicU64::new(0)),
         camera: cfg.camera_id.clone(),
         metrics: metrics.clone(),
     };
@@ -139,7 +159,7 @@ pub fn spawn(
     let join = std::thread::Builder::new().name(name).spawn(move || {
         let span = tracing::info_span!("record", camera = %cfg.camera_id);
         let _enter = span.enter();
-        Writer::new(cfg, index, metrics, dropped).run(rx);
+        Writer::new(cfg, index, metrics).run(rx);
     })?;
     Ok((handle, join))
 }
@@ -164,8 +184,6 @@ pub(crate) struct Writer {
     cfg: WriterConfig,
     index: UnboundedSender<IndexEvent>,
     metrics: RecordMetrics,
-    dropped: Arc<AtomicU64>,
-    dropped_seen: u64,
     file: Option<OpenFile>,
     builder: FragmentBuilder,
     builder_first_pts: Option<i64>,
@@ -185,13 +203,10 @@ impl Writer {
         cfg: WriterConfig,
         index: UnboundedSender<IndexEvent>,
         metrics: RecordMetrics,
-        dropped: Arc<AtomicU64>,
     ) -> Self {
         Writer {
             index,
             metrics,
-            dropped,
-            dropped_seen: 0,
             file: None,
             builder: FragmentBuilder::new(),
             builder_first_pts: None,
@@ -219,19 +234,14 @@ impl Writer {
                     self.end_recording(None, "camera session restarted");
                 }
                 Msg::Ended { at, reason } => self.end_recording(Some(at), &reason),
-                Msg::Frame(f) => {
-                    let dropped = self.dropped.load(Ordering::Relaxed);
-                    if dropped != self.dropped_seen {
-                        let n = dropped - self.dropped_seen;
-                        self.dropped_seen = dropped;
-                        tracing::warn!(
-                            frames = n,
-                            "recording queue overflowed (disk too slow); skipping to the next key frame"
-                        );
-                        self.end_recording(None, &format!("disk too slow: {n} frames dropped"));
-                    }
-                    self.frame(f);
+                Msg::Dropped(n) => {
+                    tracing::warn!(
+                        frames = n,
+                        "recording queue overflowed (disk too slow); skipping to the next key frame"
+                    );
+                    self.end_recording(None, &format!("disk too slow: {n} frames dropped"));
                 }
+                Msg::Frame(f) => self.frame(f),
             }
         }
     }
@@ -491,12 +501,7 @@ mod tests {
             open_gap: None,
             in_flight: Default::default(),
         };
-        let w = Writer::new(
-            cfg,
-            tx,
-            RecordMetrics::unregistered(),
-            Arc::new(AtomicU64::new(0)),
-        );
+        let w = Writer::new(cfg, tx, RecordMetrics::unregistered());
         Rig { w, rx, dir }
     }
 
@@ -637,6 +642,63 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn a_full_queue_drops_frames_counts_them_and_records_a_gap_where_they_were_lost() {
+        let r = rig(2);
+        let (msg_tx, msg_rx) = std::sync::mpsc::sync_channel(8);
+        let metrics = RecordMetrics::unregistered();
+        let handle = WriterHandle {
+            tx: msg_tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            camera: "cam".into(),
+            metrics,
+        };
+        let p = h264_params();
+        let base = 1_000_000_i64 * 90;
+        let frame_at = |i: i64| frame(&p, base + i * TICK, i % 10 == 0, 200, 0);
+        // The disk is stuck: only 8 messages fit, the other 13 are dropped.
+        handle.session_started();
+        for i in 0..20 {
+            handle.frame(&frame_at(i));
+        }
+        assert_eq!(handle.dropped.load(Ordering::Relaxed), 13);
+        let Rig {
+            w,
+            mut rx,
+            dir: _dir,
+        } = r;
+        let writer = std::thread::spawn(move || w.run(msg_rx));
+        std::thread::sleep(Duration::from_millis(100));
+        // The disk is back: the drop marker goes first, then recording resumes at a key frame.
+        for i in 25..45 {
+            handle.frame(&frame_at(i));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.stop();
+        writer.join().unwrap();
+        let ev = events(&mut rx);
+        let kinds: Vec<String> = ev
+            .iter()
+            .map(|e| match e {
+                IndexEvent::Segment(s) => format!("segment {}", s.frames),
+                IndexEvent::GapOpened(g) => format!("gap {}", g.reason),
+                IndexEvent::GapClosed { end, .. } => {
+                    format!("resume {}", end.as_millis() - 1_000_000)
+                }
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "segment 7",
+                "gap disk too slow: 13 frames dropped",
+                "resume 3000",
+                "segment 15",
+                "gap service stopped"
+            ]
+        );
     }
 
     #[test]

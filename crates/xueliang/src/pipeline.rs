@@ -166,35 +166,43 @@ pub async fn start(
     let state_sink: Arc<dyn StateSink> = Arc::new(StoreStateSink(state_tx));
     let mut ingest = Vec::new();
     for cam in cfg.cameras.iter().filter(|c| c.enabled) {
-        let url = url::Url::parse(&cam.url).err_kind(ErrorKind::InvalidArgument, || {
-            format!("cameras.{}.url", cam.id)
-        })?;
-        let mut sinks: Vec<Arc<dyn FrameSink>> = Vec::new();
-        if let Some(w) = writer_of.get(&cam.id) {
-            sinks.push(Arc::new(RecorderSink(w.clone())));
+        // One group per camera: a reconnect of either stream waits out the camera's stale sessions.
+        let group = Arc::new(SessionGroup::default().named(cam.id.clone()));
+        let mut streams = vec![(StreamKind::Main, cam.url.as_str())];
+        if let Some(sub) = &cam.sub_url {
+            streams.push((StreamKind::Sub, sub.as_str()));
         }
-        let spec = StreamSpec {
-            camera_id: cam.id.clone(),
-            kind: StreamKind::Main,
-            url,
-            transport: cam.transport,
-            username: cam.username.clone(),
-            password: cam.password.clone(),
-            stall_timeout: Duration::from_secs(cam.stall_seconds.into()),
-            request_timeout: Duration::from_secs(15),
-            backoff: Default::default(),
-        };
-        let ctx = StreamContext {
-            spec,
-            sinks,
-            state: state_sink.clone(),
-            health: health.clone(),
-            metrics: ingest_metrics.clone(),
-            clock: clock.clone(),
-            group: Arc::new(SessionGroup::default().named(cam.id.clone())),
-            shutdown: ingest_shutdown.clone(),
-        };
-        ingest.push(tokio::spawn(xueliang_ingest::run_stream(ctx)));
+        for (kind, url) in streams {
+            let url = url::Url::parse(url).err_kind(ErrorKind::InvalidArgument, || {
+                format!("camera {} {} url", cam.id, kind.as_str())
+            })?;
+            let mut sinks: Vec<Arc<dyn FrameSink>> = Vec::new();
+            if let Some(w) = writer_of.get(&cam.id).filter(|_| kind == StreamKind::Main) {
+                sinks.push(Arc::new(RecorderSink(w.clone())));
+            }
+            let spec = StreamSpec {
+                camera_id: cam.id.clone(),
+                kind,
+                url,
+                transport: cam.transport,
+                username: cam.username.clone(),
+                password: cam.password.clone(),
+                stall_timeout: Duration::from_secs(cam.stall_seconds.into()),
+                request_timeout: Duration::from_secs(15),
+                backoff: Default::default(),
+            };
+            let ctx = StreamContext {
+                spec,
+                sinks,
+                state: state_sink.clone(),
+                health: health.clone(),
+                metrics: ingest_metrics.clone(),
+                clock: clock.clone(),
+                group: group.clone(),
+                shutdown: ingest_shutdown.clone(),
+            };
+            ingest.push(tokio::spawn(xueliang_ingest::run_stream(ctx)));
+        }
     }
 
     let storage = StorageStatus::default();
