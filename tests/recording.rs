@@ -221,6 +221,10 @@ fn h264_over_tcp_records_playable_segments_and_exports() {
     };
     let segs = rec["recordings"].as_array().unwrap().clone();
     assert!(segs.len() >= 2, "{rec}");
+    // One session is one run on the timeline.
+    let runs = rec["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{rec}");
+    assert!(runs[0]["segments"].as_u64().unwrap() >= segs.len() as u64);
     // Within one session consecutive segments touch.
     for w in segs.windows(2) {
         let gap = ms(&w[1]["start"]) - ms(&w[0]["end"]);

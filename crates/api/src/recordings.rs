@@ -69,9 +69,17 @@ pub(crate) struct RecordingsView {
     camera: String,
     from: Timestamp,
     to: Timestamp,
+    /// Back-to-back recording merged: what a timeline draws. Whole runs, possibly reaching
+    /// past `from` and `to`.
+    runs: Vec<xueliang_store::RecordingRun>,
+    /// Every segment, when `detail=segments` or the span is at most a day.
+    detail: &'static str,
     recordings: Vec<RecordingView>,
     gaps: Vec<GapView>,
 }
+
+/// Spans up to this long list their segments unless asked not to.
+const SEGMENT_DETAIL_MS: i64 = 86_400_000;
 
 pub(crate) async fn list(
     State(st): State<AppState>,
@@ -95,12 +103,30 @@ pub(crate) async fn list(
             format!("a query may cover at most {MAX_LIST_DAYS} days"),
         ));
     }
-    let segs = st.store.list_segments(&id, from, to).await?;
+    let detail = match q.get("detail").map(String::as_str) {
+        Some("segments") => true,
+        Some("runs") => false,
+        None => to.as_millis() - from.as_millis() <= SEGMENT_DETAIL_MS,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("query parameter `detail`: {other:?} is not one of runs, segments"),
+            ));
+        }
+    };
+    let runs = st.store.recording_runs(&id, from, to).await?;
+    let segs = if detail {
+        st.store.list_segments(&id, from, to).await?
+    } else {
+        Vec::new()
+    };
     let gaps = st.store.list_gaps(&id, from, to).await?;
     Ok(Json(RecordingsView {
         camera: id,
         from,
         to,
+        runs,
+        detail: if detail { "segments" } else { "runs" },
         recordings: segs
             .into_iter()
             .map(|s| RecordingView {

@@ -25,6 +25,9 @@ pub use model::*;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Segments whose ends are closer than this belong to one run.
+pub const RUN_JOIN_MS: i64 = 1_000;
+
 /// Which engine a store runs on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -66,6 +69,16 @@ pub trait Store: Send + Sync + Debug {
     async fn get_camera(&self, id: &str) -> Result<Option<CameraRecord>>;
 
     async fn insert_segment(&self, segment: &Segment) -> Result<()>;
+    /// Inserts many segments in one transaction (imports, tests, benchmarks).
+    async fn insert_segments(&self, segments: &[Segment]) -> Result<()>;
+    /// Runs of back-to-back recording (segments less than [`RUN_JOIN_MS`] apart) that overlap
+    /// `[from, to)`, whole. Maintained on every insert and delete, so months cost a few rows.
+    async fn recording_runs(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<RecordingRun>>;
     /// Segments of a camera that overlap `[from, to)`, oldest first.
     async fn list_segments(
         &self,

@@ -51,6 +51,16 @@ pub struct Segment {
     pub created_at: Timestamp,
 }
 
+/// Back-to-back segments of one camera, merged.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordingRun {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub segments: i64,
+    pub bytes: i64,
+    pub frames: i64,
+}
+
 /// A span without recording, and why.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Gap {

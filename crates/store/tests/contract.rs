@@ -60,6 +60,7 @@ contract!(
     audit_log_is_append_only,
     api_tokens_sync_hashed,
     retention_queries_respect_pins,
+    runs_merge_back_to_back_segments,
 );
 
 async fn migrations_are_idempotent(s: Arc<dyn Store>, _db: &TestDb) {
@@ -879,4 +880,97 @@ async fn retention_queries_respect_pins(s: Arc<dyn Store>, _db: &TestDb) {
         s.close_gap(g.id, t(270_000)).await.unwrap_err().kind(),
         ErrorKind::FailedPrecondition
     );
+}
+
+async fn runs_merge_back_to_back_segments(s: Arc<dyn Store>, _db: &TestDb) {
+    s.sync_cameras(&[cam("gate")], t(0)).await.unwrap();
+    let runs_of = |s: Arc<dyn Store>| async move {
+        s.recording_runs("gate", t(0), t(3_600_000))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.start.as_millis() - T0, r.end.as_millis() - T0, r.segments))
+            .collect::<Vec<_>>()
+    };
+    // Two runs of one-minute segments with a five-minute outage between them.
+    let mut segs = Vec::new();
+    for i in 0..10 {
+        segs.push(seg(
+            "gate",
+            i * 60_000,
+            (i + 1) * 60_000,
+            &format!("gate/a{i}.mp4"),
+        ));
+    }
+    for i in 15..20 {
+        segs.push(seg(
+            "gate",
+            i * 60_000 + 40,
+            (i + 1) * 60_000,
+            &format!("gate/b{i}.mp4"),
+        ));
+    }
+    s.insert_segments(&segs).await.unwrap();
+    assert_eq!(
+        runs_of(s.clone()).await,
+        [(0, 600_000, 10), (900_040, 1_200_000, 5)]
+    );
+    let runs = s.recording_runs("gate", t(0), t(3_600_000)).await.unwrap();
+    assert_eq!(runs[0].bytes, 10_000_000);
+    assert_eq!(runs[1].frames, 5 * 1500);
+    // A window inside the second run returns the whole run.
+    let inner = s
+        .recording_runs("gate", t(1_000_000), t(1_100_000))
+        .await
+        .unwrap();
+    assert_eq!(inner.len(), 1);
+    assert_eq!(inner[0].segments, 5);
+
+    // Filling the outage (a crash-recovered file indexed late, say) joins the two runs.
+    let mut fill = Vec::new();
+    for i in 10..15 {
+        fill.push(seg(
+            "gate",
+            i * 60_000,
+            (i + 1) * 60_000 + if i == 14 { 40 } else { 0 },
+            &format!("gate/f{i}.mp4"),
+        ));
+    }
+    s.insert_segments(&fill).await.unwrap();
+    assert_eq!(runs_of(s.clone()).await, [(0, 1_200_000, 20)]);
+    let all = s.recording_runs("gate", t(0), t(3_600_000)).await.unwrap();
+    assert_eq!((all[0].bytes, all[0].frames), (20_000_000, 20 * 1500));
+
+    // Retention from the head shrinks the run; a deletion in the middle splits it.
+    s.delete_segment(segs[0].id).await.unwrap();
+    assert_eq!(runs_of(s.clone()).await, [(60_000, 1_200_000, 19)]);
+    s.delete_segment(fill[2].id).await.unwrap();
+    assert_eq!(
+        runs_of(s.clone()).await,
+        [(60_000, 720_000, 11), (780_000, 1_200_000, 7)]
+    );
+    // Deleting every segment of a run removes it.
+    for sg in segs.iter().skip(1).take(9).chain(fill.iter().take(2)) {
+        s.delete_segment(sg.id).await.unwrap();
+    }
+    assert_eq!(runs_of(s.clone()).await, [(780_000, 1_200_000, 7)]);
+    // The segments left still belong to runs that a later delete can find.
+    let left = s.list_segments("gate", t(0), t(3_600_000)).await.unwrap();
+    assert_eq!(left.len(), 7);
+    s.delete_segment(left[6].id).await.unwrap();
+    assert_eq!(runs_of(s.clone()).await, [(780_000, 1_140_000, 6)]);
+
+    // A batch with one bad segment stores nothing.
+    let bad = vec![
+        seg("gate", 5_000_000, 5_060_000, "gate/c0.mp4"),
+        seg("gate", 10, 5, "gate/c1.mp4"),
+    ];
+    assert!(s.insert_segments(&bad).await.is_err());
+    assert!(
+        s.list_segments("gate", t(4_000_000), t(6_000_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(runs_of(s.clone()).await.len(), 1);
 }

@@ -12,10 +12,26 @@ CREATE TABLE cameras (
     updated_ms      INTEGER NOT NULL
 );
 
+-- Back-to-back segments of a camera merged into one row, kept up to date with every insert
+-- and delete, so the timeline of a month is a handful of rows.
+CREATE TABLE recording_runs (
+    id         TEXT PRIMARY KEY,
+    node_id    TEXT NOT NULL,
+    camera_id  TEXT NOT NULL REFERENCES cameras (id),
+    start_ms   INTEGER NOT NULL,
+    end_ms     INTEGER NOT NULL,
+    segments   INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    frames     INTEGER NOT NULL
+);
+CREATE INDEX recording_runs_camera_start ON recording_runs (camera_id, start_ms);
+CREATE INDEX recording_runs_camera_end ON recording_runs (camera_id, end_ms);
+
 CREATE TABLE recording_segments (
     id              TEXT PRIMARY KEY,
     node_id         TEXT NOT NULL,
     camera_id       TEXT NOT NULL REFERENCES cameras (id),
+    run_id          TEXT NOT NULL REFERENCES recording_runs (id),
     stream          TEXT NOT NULL CHECK (stream IN ('main', 'sub')),
     start_ms        INTEGER NOT NULL,
     end_ms          INTEGER NOT NULL,
@@ -28,6 +44,7 @@ CREATE TABLE recording_segments (
     CHECK (end_ms >= start_ms)
 );
 CREATE INDEX recording_segments_camera_time ON recording_segments (camera_id, start_ms);
+CREATE INDEX recording_segments_run ON recording_segments (run_id, start_ms);
 
 CREATE TABLE recording_gaps (
     id          TEXT PRIMARY KEY,

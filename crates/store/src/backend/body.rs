@@ -29,8 +29,13 @@ fn opt_ts(row: &DbRow, name: &'static str) -> Result<Option<Timestamp>> {
 
 fn id(row: &DbRow, name: &'static str) -> Result<EntityId> {
     let s: String = col(row, name)?;
-    s.parse()
-        .map_err(|e| Error::with_source(ErrorKind::DataLoss, format!("bad id {s:?} in column {name}"), e))
+    s.parse().map_err(|e| {
+        Error::with_source(
+            ErrorKind::DataLoss,
+            format!("bad id {s:?} in column {name}"),
+            e,
+        )
+    })
 }
 
 fn parsed<T: FromStr<Err = Error>>(row: &DbRow, name: &'static str) -> Result<T> {
@@ -39,13 +44,16 @@ fn parsed<T: FromStr<Err = Error>>(row: &DbRow, name: &'static str) -> Result<T>
 }
 
 fn opt_parsed<T: FromStr<Err = Error>>(row: &DbRow, name: &'static str) -> Result<Option<T>> {
-    col::<Option<String>>(row, name)?.map(|s| s.parse()).transpose()
+    col::<Option<String>>(row, name)?
+        .map(|s| s.parse())
+        .transpose()
 }
 
 fn json_list(row: &DbRow, name: &'static str) -> Result<Vec<String>> {
     let s: String = col(row, name)?;
-    serde_json::from_str(&s)
-        .map_err(|e| Error::with_source(ErrorKind::DataLoss, format!("bad list in column {name}"), e))
+    serde_json::from_str(&s).map_err(|e| {
+        Error::with_source(ErrorKind::DataLoss, format!("bad list in column {name}"), e)
+    })
 }
 
 const CAMERA_COLS: &str = "id, node_id, name, state, last_error, state_since_ms, updated_ms";
@@ -174,7 +182,10 @@ fn audit(row: &DbRow) -> Result<AuditEntry> {
         "token" => ActorKind::Token,
         "system" => ActorKind::System,
         other => {
-            return Err(Error::new(ErrorKind::DataLoss, format!("bad actor_kind {other:?}")));
+            return Err(Error::new(
+                ErrorKind::DataLoss,
+                format!("bad actor_kind {other:?}"),
+            ));
         }
     };
     Ok(AuditEntry {
@@ -197,7 +208,12 @@ fn api_token(row: &DbRow) -> Result<ApiToken> {
         "operator" => xueliang_core::config::Role::Operator,
         "duty" => xueliang_core::config::Role::Duty,
         "viewer" => xueliang_core::config::Role::Viewer,
-        other => return Err(Error::new(ErrorKind::DataLoss, format!("bad role {other:?}"))),
+        other => {
+            return Err(Error::new(
+                ErrorKind::DataLoss,
+                format!("bad role {other:?}"),
+            ));
+        }
     };
     Ok(ApiToken {
         name: col(row, "name")?,
@@ -245,7 +261,12 @@ async fn apply_pending(
         .execute(&mut **conn)
         .await
         .map_err(db("record migration"))?;
-        tracing::info!(backend = BACKEND.as_str(), version = m.version, description = m.description, "applied migration");
+        tracing::info!(
+            backend = BACKEND.as_str(),
+            version = m.version,
+            description = m.description,
+            "applied migration"
+        );
         done.push(m.version);
     }
     Ok(done)
@@ -315,6 +336,256 @@ async fn link_signals(
     Ok(())
 }
 
+struct RunRow {
+    id: String,
+    start: i64,
+    end: i64,
+}
+
+fn run_row(r: &DbRow) -> Result<RunRow> {
+    Ok(RunRow {
+        id: col(r, "id")?,
+        start: col(r, "start_ms")?,
+        end: col(r, "end_ms")?,
+    })
+}
+
+/// Inserts a segment and folds it into its camera's runs: it extends the run ending where it
+/// starts, the run starting where it ends, merges the two when it fills the hole between them,
+/// or starts a run of its own.
+async fn insert_segment_tx(tx: &mut sqlx::Transaction<'_, Db>, s: &Segment) -> Result<()> {
+    if s.end < s.start {
+        return Err(crate::invalid(format!(
+            "segment {} ends before it starts",
+            s.id
+        )));
+    }
+    let j = crate::RUN_JOIN_MS;
+    let (start, end) = (s.start.as_millis(), s.end.as_millis());
+    let pred = sqlx::query(
+        "SELECT id, start_ms, end_ms FROM recording_runs WHERE camera_id = $1 \
+         AND end_ms >= $2 AND end_ms <= $3 AND start_ms <= $4 ORDER BY end_ms DESC LIMIT 1",
+    )
+    .bind(&s.camera_id)
+    .bind(start - j)
+    .bind(end)
+    .bind(start)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("find preceding run"))?
+    .as_ref()
+    .map(run_row)
+    .transpose()?;
+    let succ = sqlx::query(
+        "SELECT id, start_ms, end_ms FROM recording_runs WHERE camera_id = $1 \
+         AND start_ms >= $2 AND start_ms <= $3 AND end_ms >= $4 ORDER BY start_ms LIMIT 1",
+    )
+    .bind(&s.camera_id)
+    .bind(start)
+    .bind(end + j)
+    .bind(end)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("find following run"))?
+    .as_ref()
+    .map(run_row)
+    .transpose()?
+    .filter(|r| pred.as_ref().is_none_or(|p| p.id != r.id));
+    let add = "segments = segments + 1, bytes = bytes + $3, frames = frames + $4";
+    let run_id = match (pred, succ) {
+        (Some(p), Some(n)) => {
+            sqlx::query(
+                "UPDATE recording_runs SET end_ms = $2, \
+                 segments = segments + 1 + (SELECT segments FROM recording_runs WHERE id = $5), \
+                 bytes = bytes + $3 + (SELECT bytes FROM recording_runs WHERE id = $5), \
+                 frames = frames + $4 + (SELECT frames FROM recording_runs WHERE id = $5) WHERE id = $1",
+            )
+            .bind(&p.id)
+            .bind(n.end.max(end))
+            .bind(s.bytes)
+            .bind(s.frames)
+            .bind(&n.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("merge runs"))?;
+            sqlx::query("UPDATE recording_segments SET run_id = $1 WHERE run_id = $2")
+                .bind(&p.id)
+                .bind(&n.id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db("move segments to merged run"))?;
+            sqlx::query("DELETE FROM recording_runs WHERE id = $1")
+                .bind(&n.id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db("delete merged run"))?;
+            p.id
+        }
+        (Some(p), None) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE recording_runs SET end_ms = $2, {add} WHERE id = $1"
+            )))
+            .bind(&p.id)
+            .bind(p.end.max(end))
+            .bind(s.bytes)
+            .bind(s.frames)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("extend run"))?;
+            p.id
+        }
+        (None, Some(n)) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE recording_runs SET start_ms = $2, {add} WHERE id = $1"
+            )))
+            .bind(&n.id)
+            .bind(n.start.min(start))
+            .bind(s.bytes)
+            .bind(s.frames)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("extend run backwards"))?;
+            n.id
+        }
+        (None, None) => {
+            let id = EntityId::new_at(s.start).to_string();
+            sqlx::query(
+                "INSERT INTO recording_runs (id, node_id, camera_id, start_ms, end_ms, segments, bytes, frames) \
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $7)",
+            )
+            .bind(&id)
+            .bind(&s.node_id)
+            .bind(&s.camera_id)
+            .bind(start)
+            .bind(end)
+            .bind(s.bytes)
+            .bind(s.frames)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("insert run"))?;
+            id
+        }
+    };
+    sqlx::query(
+        "INSERT INTO recording_segments (id, node_id, camera_id, run_id, stream, start_ms, end_ms, bytes, frames, \
+         path, sha256, pinned_until_ms, created_ms) VALUES ($1, $2, $3, $13, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(s.id.to_string())
+    .bind(&s.node_id)
+    .bind(&s.camera_id)
+    .bind(&s.stream)
+    .bind(start)
+    .bind(end)
+    .bind(s.bytes)
+    .bind(s.frames)
+    .bind(&s.path)
+    .bind(&s.sha256)
+    .bind(s.pinned_until.map(Timestamp::as_millis))
+    .bind(s.created_at.as_millis())
+    .bind(&run_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert segment"))?;
+    Ok(())
+}
+
+/// Removes a segment and repairs its run: shrunk at either end, split around a hole in the
+/// middle, gone with its last segment.
+async fn delete_segment_tx(tx: &mut sqlx::Transaction<'_, Db>, segment_id: EntityId) -> Result<()> {
+    let Some(row) = sqlx::query("SELECT run_id FROM recording_segments WHERE id = $1")
+        .bind(segment_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("find segment"))?
+    else {
+        return Ok(());
+    };
+    let run_id: String = col(&row, "run_id")?;
+    sqlx::query("DELETE FROM recording_segments WHERE id = $1")
+        .bind(segment_id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("delete segment"))?;
+    // Rebuild the run from what is left of it: usually one indexed range scan of one run,
+    // split wherever the deletion left a hole.
+    let rest = sqlx::query("SELECT id, start_ms, end_ms, bytes, frames FROM recording_segments WHERE run_id = $1 ORDER BY start_ms, id")
+        .bind(&run_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read run"))?;
+    let run = sqlx::query("SELECT node_id, camera_id FROM recording_runs WHERE id = $1")
+        .bind(&run_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("read run"))?;
+    let (node_id, camera_id): (String, String) = (col(&run, "node_id")?, col(&run, "camera_id")?);
+    sqlx::query("DELETE FROM recording_runs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM recording_segments WHERE run_id = $1)")
+        .bind(&run_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("delete empty run"))?;
+    // Group into runs.
+    let mut groups: Vec<(i64, i64, i64, i64, i64)> = Vec::new(); // start, end, n, bytes, frames
+    for r in &rest {
+        let (st, en, by, fr): (i64, i64, i64, i64) = (
+            col(r, "start_ms")?,
+            col(r, "end_ms")?,
+            col(r, "bytes")?,
+            col(r, "frames")?,
+        );
+        match groups.last_mut() {
+            Some(g) if st - g.1 <= crate::RUN_JOIN_MS => {
+                g.1 = g.1.max(en);
+                g.2 += 1;
+                g.3 += by;
+                g.4 += fr;
+            }
+            _ => groups.push((st, en, 1, by, fr)),
+        }
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if i == 0 {
+            sqlx::query("UPDATE recording_runs SET start_ms = $2, end_ms = $3, segments = $4, bytes = $5, frames = $6 WHERE id = $1")
+                .bind(&run_id)
+                .bind(g.0)
+                .bind(g.1)
+                .bind(g.2)
+                .bind(g.3)
+                .bind(g.4)
+                .execute(&mut **tx)
+                .await
+                .map_err(db("update run"))?;
+            continue;
+        }
+        let id = EntityId::new_at(Timestamp::from_millis(g.0)).to_string();
+        sqlx::query(
+            "INSERT INTO recording_runs (id, node_id, camera_id, start_ms, end_ms, segments, bytes, frames) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&id)
+        .bind(&node_id)
+        .bind(&camera_id)
+        .bind(g.0)
+        .bind(g.1)
+        .bind(g.2)
+        .bind(g.3)
+        .bind(g.4)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("insert split run"))?;
+        sqlx::query(
+            "UPDATE recording_segments SET run_id = $1 WHERE run_id = $2 AND start_ms >= $3",
+        )
+        .bind(&id)
+        .bind(&run_id)
+        .bind(g.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("move segments to split run"))?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl crate::Store for StoreImpl {
     fn backend(&self) -> Backend {
@@ -326,7 +597,10 @@ impl crate::Store for StoreImpl {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db("ping"))?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("ping"))?;
         Ok(())
     }
 
@@ -383,7 +657,10 @@ impl crate::Store for StoreImpl {
         .await
         .map_err(db("update camera state"))?;
         if r.rows_affected() == 0 {
-            return Err(Error::new(ErrorKind::NotFound, format!("no camera {:?}", c.camera_id)));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no camera {:?}", c.camera_id),
+            ));
         }
         Ok(())
     }
@@ -408,32 +685,53 @@ impl crate::Store for StoreImpl {
     }
 
     async fn insert_segment(&self, s: &Segment) -> Result<()> {
-        if s.end < s.start {
-            return Err(crate::invalid(format!("segment {} ends before it starts", s.id)));
+        self.insert_segments(std::slice::from_ref(s)).await
+    }
+
+    async fn insert_segments(&self, segments: &[Segment]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for s in segments {
+            insert_segment_tx(&mut tx, s).await?;
         }
-        sqlx::query(
-            "INSERT INTO recording_segments (id, node_id, camera_id, stream, start_ms, end_ms, bytes, frames, \
-             path, sha256, pinned_until_ms, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(s.id.to_string())
-        .bind(&s.node_id)
-        .bind(&s.camera_id)
-        .bind(&s.stream)
-        .bind(s.start.as_millis())
-        .bind(s.end.as_millis())
-        .bind(s.bytes)
-        .bind(s.frames)
-        .bind(&s.path)
-        .bind(&s.sha256)
-        .bind(s.pinned_until.map(Timestamp::as_millis))
-        .bind(s.created_at.as_millis())
-        .execute(&self.pool)
-        .await
-        .map_err(db("insert segment"))?;
+        tx.commit().await.map_err(db("commit segments"))?;
         Ok(())
     }
 
-    async fn list_segments(&self, camera_id: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Segment>> {
+    async fn recording_runs(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<RecordingRun>> {
+        let rows = sqlx::query(
+            "SELECT start_ms, end_ms, segments, bytes, frames FROM recording_runs \
+             WHERE camera_id = $1 AND start_ms < $3 AND end_ms > $2 ORDER BY start_ms",
+        )
+        .bind(camera_id)
+        .bind(from.as_millis())
+        .bind(to.as_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list recording runs"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecordingRun {
+                    start: ts(r, "start_ms")?,
+                    end: ts(r, "end_ms")?,
+                    segments: col(r, "segments")?,
+                    bytes: col(r, "bytes")?,
+                    frames: col(r, "frames")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_segments(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Segment>> {
         let rows = sqlx::query(
             "SELECT id, node_id, camera_id, stream, start_ms, end_ms, bytes, frames, path, sha256, \
              pinned_until_ms, created_ms FROM recording_segments \
@@ -481,24 +779,26 @@ impl crate::Store for StoreImpl {
     }
 
     async fn close_gap(&self, gap_id: EntityId, end: Timestamp) -> Result<()> {
-        let r = sqlx::query("UPDATE recording_gaps SET end_ms = $2 WHERE id = $1 AND end_ms IS NULL")
-            .bind(gap_id.to_string())
-            .bind(end.as_millis())
-            .execute(&self.pool)
-            .await
-            .map_err(db("close gap"))?;
+        let r =
+            sqlx::query("UPDATE recording_gaps SET end_ms = $2 WHERE id = $1 AND end_ms IS NULL")
+                .bind(gap_id.to_string())
+                .bind(end.as_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(db("close gap"))?;
         if r.rows_affected() == 0 {
-            return Err(Error::new(ErrorKind::FailedPrecondition, format!("gap {gap_id} is unknown or already closed")));
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                format!("gap {gap_id} is unknown or already closed"),
+            ));
         }
         Ok(())
     }
 
     async fn delete_segment(&self, segment_id: EntityId) -> Result<()> {
-        sqlx::query("DELETE FROM recording_segments WHERE id = $1")
-            .bind(segment_id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(db("delete segment"))?;
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        delete_segment_tx(&mut tx, segment_id).await?;
+        tx.commit().await.map_err(db("commit segment deletion"))?;
         Ok(())
     }
 
@@ -527,7 +827,13 @@ impl crate::Store for StoreImpl {
         rows.iter().map(segment).collect()
     }
 
-    async fn pin_segments(&self, camera_id: &str, from: Timestamp, to: Timestamp, until: Timestamp) -> Result<u64> {
+    async fn pin_segments(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+        until: Timestamp,
+    ) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE recording_segments SET pinned_until_ms = $4 \
              WHERE camera_id = $1 AND start_ms < $3 AND end_ms > $2 \
@@ -620,7 +926,10 @@ impl crate::Store for StoreImpl {
                 .await
                 .map_err(db("find device"))?;
             if exists.is_none() {
-                return Err(Error::new(ErrorKind::NotFound, format!("no device {:?}", s.device_id)));
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no device {:?}", s.device_id),
+                ));
             }
         }
         Ok(())
@@ -633,10 +942,12 @@ impl crate::Store for StoreImpl {
         .fetch_all(&self.pool)
         .await
         .map_err(db("list devices"))?;
-        let links = sqlx::query("SELECT device_id, camera_id FROM device_cameras ORDER BY device_id, camera_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("list device cameras"))?;
+        let links = sqlx::query(
+            "SELECT device_id, camera_id FROM device_cameras ORDER BY device_id, camera_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list device cameras"))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let device_id: String = col(r, "id")?;
@@ -682,13 +993,15 @@ impl crate::Store for StoreImpl {
         if r.rows_affected() == 1 {
             return Ok(SignalInsert::Inserted);
         }
-        let row = sqlx::query("SELECT id FROM alarm_signals WHERE source = $1 AND source_id = $2 AND seq = $3")
-            .bind(s.source.as_str())
-            .bind(&s.source_id)
-            .bind(s.seq)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("find duplicate signal"))?;
+        let row = sqlx::query(
+            "SELECT id FROM alarm_signals WHERE source = $1 AND source_id = $2 AND seq = $3",
+        )
+        .bind(s.source.as_str())
+        .bind(&s.source_id)
+        .bind(s.seq)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("find duplicate signal"))?;
         Ok(SignalInsert::Duplicate(id(&row, "id")?))
     }
 
@@ -800,7 +1113,11 @@ impl crate::Store for StoreImpl {
              AND (CAST($3 AS BIGINT) IS NULL OR opened_ms >= $3) \
              ORDER BY priority, opened_ms, id LIMIT $4"
         );
-        let limit = if f.limit == 0 { 500 } else { f.limit.min(10_000) };
+        let limit = if f.limit == 0 {
+            500
+        } else {
+            f.limit.min(10_000)
+        };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(f.state.map(|s| s.as_str()))
             .bind(i64::from(f.open_only))
@@ -849,7 +1166,12 @@ impl crate::Store for StoreImpl {
         Ok(())
     }
 
-    async fn pending_outbox(&self, sink: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxEntry>> {
+    async fn pending_outbox(
+        &self,
+        sink: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
         let sql = format!(
             "SELECT {OUTBOX_COLS} FROM outbox WHERE sink = $1 AND delivered_ms IS NULL \
              AND expired_ms IS NULL AND next_attempt_ms <= $2 ORDER BY priority, id LIMIT $3"
@@ -883,7 +1205,12 @@ impl crate::Store for StoreImpl {
         Ok(())
     }
 
-    async fn mark_outbox_failed(&self, entry: EntityId, next_attempt: Timestamp, error: &str) -> Result<()> {
+    async fn mark_outbox_failed(
+        &self,
+        entry: EntityId,
+        next_attempt: Timestamp,
+        error: &str,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $2, last_error = $3 \
              WHERE id = $1 AND delivered_ms IS NULL",
