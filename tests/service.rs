@@ -33,7 +33,10 @@ fn check_serving(svc: &Service, token: &str, node: &str, backend: &str) {
     assert_eq!(ok.status, 200, "{}", ok.body);
     let cams = ok.json();
     assert!(!cams.as_array().unwrap().is_empty());
-    assert_eq!(cams[0]["state"], "connecting");
+    // The examples ship their cameras disabled (their addresses are placeholders).
+    assert_eq!(cams[0]["state"], "offline");
+    assert_eq!(cams[0]["enabled"], false);
+    assert_eq!(cams[0]["last_error"], "disabled in the configuration");
 
     // The request was counted under its route pattern.
     let m = get(addr, "/metrics", None);

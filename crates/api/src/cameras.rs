@@ -44,6 +44,11 @@ fn view(
 ) -> CameraView {
     // The live board is fresher than the store; the store covers the time before ingest ran.
     let (state, last_error, since) = match &live {
+        _ if !c.enabled => (
+            CameraState::Offline,
+            Some("disabled in the configuration".to_owned()),
+            None,
+        ),
         Some(h) => (h.state, h.last_error.clone(), Some(h.since)),
         None => (
             rec.map_or(CameraState::Connecting, |r| r.state),
