@@ -297,6 +297,13 @@ fn h264_over_tcp_records_playable_segments_and_exports() {
     let mut again = Service::start(&cfg, &[]);
     let after = recordings(&again);
     assert!(after["recordings"].as_array().unwrap().len() > n);
+    // The time the service was down is a gap in the index, not silence.
+    let down = after["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["reason"] == "service was not recording");
+    assert!(down.is_some(), "{after}");
     check_segments(dir.path(), &after, "h264");
     again.signal("TERM");
     assert!(again.wait(Duration::from_secs(30)).success());
@@ -671,6 +678,7 @@ fn broken_cameras_get_a_clear_error_and_the_service_keeps_running() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let jpeg = RtspServer::start(&small(Codec::Jpeg));
+    let garbage = BadSdpServer::start();
     let good = RtspServer::start(&small(Codec::H264));
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -695,10 +703,14 @@ url = "rtsp://127.0.0.1:{port}/cam"
 [[cameras]]
 id = "mjpeg"
 url = "{jpeg}"
+[[cameras]]
+id = "bad-sdp"
+url = "rtsp://127.0.0.1:{bad}/cam"
 "#,
         dir = dir.path().display().to_string(),
         good = good.url(),
         jpeg = jpeg.url(),
+        bad = garbage.port,
     );
     let cfg = write_file(dir.path(), "node.toml", &text);
     let svc = Service::start(&cfg, &[]);
@@ -752,4 +764,52 @@ url = "{jpeg}"
         m.contains("xueliang_camera_reconnects_total{camera=\"unreachable\",stream=\"main\"}"),
         "{m}"
     );
+}
+
+/// A camera whose firmware answers DESCRIBE with something that is not SDP. No real server
+/// can be made to do this, so this one is hand-written.
+struct BadSdpServer {
+    port: u16,
+}
+
+impl BadSdpServer {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in l.incoming().take(50) {
+                let Ok(mut conn) = conn else { continue };
+                let Ok(read) = conn.try_clone() else { continue };
+                let mut r = BufReader::new(read);
+                let mut cseq = String::from("1");
+                let mut method = String::new();
+                let mut line = String::new();
+                while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    let t = line.trim_end().to_owned();
+                    line.clear();
+                    if method.is_empty() {
+                        method = t.split(' ').next().unwrap_or_default().to_owned();
+                    } else if let Some(v) = t.strip_prefix("CSeq:") {
+                        cseq = v.trim().to_owned();
+                    } else if t.is_empty() {
+                        let body = "this is not an SDP description\r\n";
+                        let reply = if method == "DESCRIBE" {
+                            format!(
+                                "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        } else {
+                            format!(
+                                "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: DESCRIBE, SETUP, PLAY\r\n\r\n"
+                            )
+                        };
+                        let _ = conn.write_all(reply.as_bytes());
+                        method.clear();
+                    }
+                }
+            }
+        });
+        BadSdpServer { port }
+    }
 }
