@@ -1,6 +1,7 @@
 //! Crash reconciliation on real files written by the production writer from a real H.264
 //! encode, against a real SQLite index.
 
+#[allow(dead_code)]
 mod support;
 
 use std::path::Path;
