@@ -264,6 +264,32 @@ fn h264_over_tcp_records_playable_segments_and_exports() {
     );
     decode_clean(&out);
 
+    // The export is on the audit trail with its span.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let audit = rt.block_on(async {
+        let opts = xueliang_store::OpenOptions::sqlite(&dir.path().join("xueliang.db"));
+        let store = xueliang_store::open(&opts, "rec-test".parse().unwrap())
+            .await
+            .unwrap();
+        let a = store.list_audit(ts(0), 100).await.unwrap();
+        store.close().await;
+        a
+    });
+    let exp = audit
+        .iter()
+        .find(|a| a.action == "export")
+        .expect("export audited");
+    assert_eq!(
+        (exp.actor.as_str(), exp.target.as_deref()),
+        ("token:t", Some("camera:cam1"))
+    );
+    assert!(
+        exp.detail
+            .contains(&format!("\"bytes\":{}", full.body.len())),
+        "{}",
+        exp.detail
+    );
+
     // Byte ranges are slices of the same file.
     let part = get_raw(
         svc.addr(),
@@ -302,7 +328,7 @@ fn h264_over_tcp_records_playable_segments_and_exports() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["reason"] == "service was not recording");
+        .find(|g| g["reason"] == "service stopped");
     assert!(down.is_some(), "{after}");
     check_segments(dir.path(), &after, "h264");
     again.signal("TERM");

@@ -128,12 +128,13 @@ async fn healthz(State(st): State<AppState>) -> Response {
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
     };
+    let fault = st.storage.fault();
     let body = serde_json::json!({
-        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "status": if status == StatusCode::OK && fault.is_none() { "ok" } else { "degraded" },
         "node": st.config.node.id,
         "version": env!("CARGO_PKG_VERSION"),
         "database": { "backend": st.store.backend().as_str(), "state": db_state },
-        "storage": { "fault": st.storage.fault() },
+        "storage": { "fault": fault },
     });
     (status, axum::Json(body)).into_response()
 }

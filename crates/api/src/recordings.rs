@@ -245,6 +245,28 @@ pub(crate) async fn export(
         }
     };
     tracing::info!(camera = %id, actor = %who.actor, from = %from, to = %to, bytes = len, frames = plan.frames, ranged = range.is_some(), "export");
+    // Who took which footage is evidence too. Range requests of one download are recorded
+    // once, at their first byte.
+    if range.as_ref().is_none_or(|r| r.start == 0) {
+        let now = st.clock.now();
+        st.store
+            .append_audit(&xueliang_store::AuditEntry {
+                id: xueliang_core::EntityId::new_at(now),
+                node_id: st.config.node.id.clone(),
+                at: now,
+                actor: who.actor.clone(),
+                actor_kind: xueliang_store::ActorKind::Token,
+                action: "export".into(),
+                target: Some(format!("camera:{id}")),
+                detail: serde_json::json!({
+                    "from": from, "to": to, "served_from": plan.start, "served_to": plan.end,
+                    "bytes": len, "frames": plan.frames,
+                })
+                .to_string(),
+                remote_addr: None,
+            })
+            .await?;
+    }
     let (status, r) = match range.clone() {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r),
         None => (StatusCode::OK, 0..len),

@@ -143,7 +143,16 @@ impl Supervisor {
                         |h| h.reconnects += 1,
                     );
                     let delay = backoff.next_delay(online_for, rand::random::<f64>());
-                    tracing::warn!(err = %e, ran_for_ms = started.elapsed().as_millis() as u64, retry_in_ms = delay.as_millis() as u64, "stream failed");
+                    // The same failure again (a camera that stays unplugged) is news only once.
+                    let repeated =
+                        self.state.as_ref().and_then(|(_, err)| err.as_deref()) == Some(e.as_str());
+                    let ran_for_ms = started.elapsed().as_millis() as u64;
+                    let retry_in_ms = delay.as_millis() as u64;
+                    if repeated {
+                        tracing::debug!(err = %e, ran_for_ms, retry_in_ms, "stream failed again");
+                    } else {
+                        tracing::warn!(err = %e, ran_for_ms, retry_in_ms, "stream failed");
+                    }
                     self.set_state(CameraState::Offline, Some(e));
                     tokio::select! {
                         _ = self.ctx.shutdown.cancelled() => break,

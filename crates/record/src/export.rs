@@ -78,7 +78,6 @@ pub fn plan(
         path: PathBuf,
         info: mp4::FragmentInfo,
         wall: Timestamp,
-        file_first_dts: i64,
         file_index: usize,
     }
     let mut init: Option<Vec<u8>> = None;
@@ -112,7 +111,6 @@ pub fn plan(
                         path: path.clone(),
                         info: info.clone(),
                         wall,
-                        file_first_dts: first_dts,
                         file_index,
                     });
                 }
@@ -122,7 +120,6 @@ pub fn plan(
                 path: path.clone(),
                 info: info.clone(),
                 wall,
-                file_first_dts: first_dts,
                 file_index,
             });
         }
@@ -188,7 +185,6 @@ pub fn plan(
             _ => ((c.wall.as_millis() - t0.as_millis()) * i64::from(VIDEO_CLOCK_RATE) / 1000)
                 .max(next_free),
         };
-        let _ = c.file_first_dts;
         prev = Some((c.file_index, c.info.base_dts, new_dts));
         next_free = new_dts + c.info.duration;
         let mut f = std::fs::File::open(&c.path)

@@ -29,9 +29,10 @@ impl FrameSink for RecorderSink {
         match event {
             IngestEvent::SessionStarted { .. } => self.0.session_started(),
             IngestEvent::Frame(f) => self.0.frame(f),
-            IngestEvent::SessionEnded { at, error } => self
-                .0
-                .session_ended(at, error.unwrap_or("camera session ended")),
+            // Ingest ends a session without an error only when the service stops.
+            IngestEvent::SessionEnded { at, error } => {
+                self.0.session_ended(at, error.unwrap_or("service stopped"))
+            }
         }
     }
 }
