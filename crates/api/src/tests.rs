@@ -224,3 +224,86 @@ async fn metrics_can_require_a_token() {
     );
     assert_eq!(call(&app, "/metrics", Some(OPS)).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn recordings_and_export_explain_bad_queries() {
+    let (app, _db, _) = app(false).await;
+    let (status, body, _) = call(
+        &app,
+        "/api/v1/cameras/gate/recordings?from=yesterday",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("query parameter `from`: \"yesterday\" is not an RFC 3339 time"),
+        "{msg}"
+    );
+    let (status, body, _) = call(
+        &app,
+        "/api/v1/cameras/gate/recordings?from=2026-11-24T10:00:00Z&to=2026-11-24T09:00:00Z",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("`to` must be after `from`"))
+    );
+    let (status, body, _) = call(
+        &app,
+        "/api/v1/cameras/gate/recordings?detail=all",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`detail`")
+    );
+    // An empty index answers with empty lists, not an error.
+    let (status, body, _) = call(&app, "/api/v1/cameras/gate/recordings", Some(OPS)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["runs"], serde_json::json!([]));
+    assert_eq!(body["detail"], "segments");
+
+    let (status, body, _) = call(
+        &app,
+        "/api/v1/cameras/gate/export.mp4?from=2026-11-24T10:00:00Z",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["message"], "query parameter `to` is required");
+    let (status, body, _) = call(
+        &app,
+        "/api/v1/cameras/gate/export.mp4?from=2026-11-24T10:00:00Z&to=2026-11-26T10:00:00Z",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 24 hours")
+    );
+    let (status, body, _) = call(
+        &app,
+        "/api/v1/cameras/gate/export.mp4?from=2026-11-24T10:00:00Z&to=2026-11-24T10:05:00Z",
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no recording between")
+    );
+    // Scopes hold for recordings as for everything else.
+    let (status, _, _) = call(&app, "/api/v1/cameras/yard/recordings", Some(DESK)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
