@@ -29,6 +29,17 @@ pub enum IncidentKind {
 }
 
 impl IncidentKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "panic" => IncidentKind::Panic,
+            "tamper" => IncidentKind::Tamper,
+            "device_offline" => IncidentKind::DeviceOffline,
+            "low_battery" => IncidentKind::LowBattery,
+            "test" => IncidentKind::Test,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             IncidentKind::Panic => "panic",
@@ -253,6 +264,68 @@ impl Engine {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Takes back an incident that was open when the service stopped, so that presses join it
+    /// and escalation resumes where it was.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &mut self,
+        id: EntityId,
+        kind: IncidentKind,
+        source: &str,
+        priority: i64,
+        state: IncidentState,
+        condition: Condition,
+        opened: Timestamp,
+        last_signal: Timestamp,
+        escalation: i64,
+    ) {
+        if state == IncidentState::Resolved {
+            return;
+        }
+        let period = ms(self.policy.ack_timeout);
+        let next_escalation = (kind.escalates() && state == IncidentState::Raised)
+            .then(|| opened.saturating_add_millis(period * (escalation + 1)));
+        let footage = matches!(
+            kind,
+            IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test
+        )
+        .then(|| {
+            let from = Timestamp::from_millis(opened.as_millis() - ms(self.policy.pre_roll));
+            let cap = from.saturating_add_millis(ms(self.policy.max_footage));
+            (
+                from,
+                last_signal
+                    .saturating_add_millis(ms(self.policy.post_roll))
+                    .min(cap),
+                cap,
+            )
+        });
+        self.open.insert(
+            id,
+            Open {
+                kind,
+                source: source.to_owned(),
+                priority,
+                state,
+                condition,
+                last_signal,
+                presses: VecDeque::from([last_signal]),
+                boosted: priority < kind.base_priority(),
+                escalation,
+                next_escalation,
+                footage,
+                last_actor: None,
+            },
+        );
+        self.by_source.insert((kind, source.to_owned()), id);
+        if kind == IncidentKind::DeviceOffline && condition == Condition::Active {
+            self.seen.entry(source.to_owned()).or_default().offline = true;
+        }
+        if kind == IncidentKind::LowBattery && condition == Condition::Active {
+            self.seen.entry(source.to_owned()).or_default().battery_low = true;
+        }
     }
 
     pub fn handle(&mut self, input: Input) -> Result<Vec<Effect>, ActionError> {

@@ -2,6 +2,7 @@
 //!
 //! Only this crate knows the shape of the pipeline; stage crates know nothing of each other.
 
+pub mod alarms;
 pub mod cli;
 pub mod logging;
 pub mod pipeline;

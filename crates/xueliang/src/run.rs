@@ -170,6 +170,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
         .err_kind(ErrorKind::Internal, || "read bound address".into())?;
     let pipeline =
         crate::pipeline::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown).await?;
+    let alarms = crate::alarms::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown)?;
     let mut state =
         xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
     state.health = pipeline.health.clone();
@@ -189,6 +190,9 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(err = %e.chain(), "api stopped with an error"),
             Err(e) => tracing::warn!(err = %e, "api task failed"),
+        }
+        if let Some(a) = alarms {
+            a.stop().await;
         }
         pipeline.stop().await;
         store.close().await;

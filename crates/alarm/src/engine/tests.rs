@@ -369,3 +369,46 @@ fn footage_follows_an_open_incident_up_to_the_cap() {
             .all(|f| !matches!(f, Effect::Footage { .. }))
     );
 }
+
+#[test]
+fn a_restored_incident_takes_presses_and_escalates_again() {
+    let mut e = engine();
+    let id = EntityId::new_at(t(0));
+    e.restore(
+        id,
+        IncidentKind::Panic,
+        "btn-school",
+        2,
+        IncidentState::Raised,
+        Condition::Active,
+        t(0),
+        t(10),
+        1,
+    );
+    let fx = press(&mut e, "btn-school", 100);
+    assert!(
+        matches!(fx[0], Effect::Joined { incident, .. } if incident == id),
+        "{fx:?}"
+    );
+    // Level 1 was reached before the stop; level 2 is due a period later.
+    assert_eq!(e.next_deadline(), Some(t(60)));
+    assert!(tick(&mut e, 60).contains(&Effect::Escalated {
+        incident: id,
+        level: 2,
+        at: t(60)
+    }));
+    // Resolved incidents are not taken back.
+    let done = EntityId::new_at(t(1));
+    e.restore(
+        done,
+        IncidentKind::Panic,
+        "btn-elder",
+        2,
+        IncidentState::Resolved,
+        Condition::Cleared,
+        t(0),
+        t(0),
+        0,
+    );
+    assert_eq!(raised(&press(&mut e, "btn-elder", 101)).len(), 1);
+}

@@ -1,0 +1,203 @@
+//! Panic buttons end to end through the real Mosquitto on 127.0.0.1:1883: presses stored once,
+//! grouped into incidents, acknowledged to the device, kept by the broker while the service is
+//! down.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xueliang_tests::*;
+
+const TOKEN: &str = "alarm-test-token-0123456789";
+
+fn uniq() -> String {
+    format!(
+        "{:08x}",
+        std::process::id() ^ (Instant::now().elapsed().as_nanos() as u32) ^ rand_u32()
+    )
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.subsec_nanos()
+}
+
+fn config(dir: &Path, node: &str, device: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"[node]
+id = "{node}"
+data_dir = {dir:?}
+[mqtt]
+mode = "external"
+url = "mqtt://127.0.0.1:1883"
+[api]
+listen = "127.0.0.1:0"
+[[api.tokens]]
+name = "t"
+token = "{TOKEN}"
+role = "admin"
+[storage]
+min_free_bytes = "1 MiB"
+[[devices]]
+id = "{device}"
+name = "test button"
+location = {{ lat = 29.3, lon = 104.7 }}
+"#,
+        dir = dir.display().to_string()
+    );
+    write_file(dir, "node.toml", &text)
+}
+
+fn publish(topic: &str, payload: &str) {
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success(), "publish to {topic}");
+}
+
+fn press_payload(seq: u64) -> String {
+    let ts = xueliang_core::Clock::now(&xueliang_core::SystemClock).to_rfc3339();
+    format!(
+        r#"{{"seq": {seq}, "ts": "{ts}", "type": "panic", "battery": 87, "lat": 29.3, "lon": 104.7}}"#
+    )
+}
+
+/// Collects what the service publishes to the device's ack topic.
+fn watch_acks(device: &str, count: usize) -> Child {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-W",
+            "30",
+            "-C",
+            &count.to_string(),
+        ])
+        .args(["-t", &format!("xueliang/v1/devices/{device}/ack")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub")
+}
+
+fn store_state(dir: &Path, node: &str, device: &str) -> (usize, Vec<xueliang_store::Incident>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let opts = xueliang_store::OpenOptions::sqlite(&dir.join("xueliang.db"));
+        let store = xueliang_store::open(&opts, node.parse().unwrap())
+            .await
+            .unwrap();
+        let incidents = store.list_incidents(&Default::default()).await.unwrap();
+        let mut signals = 0;
+        for i in &incidents {
+            signals += store
+                .incident_signals(i.id)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|s| s.source_id == device)
+                .count();
+        }
+        store.close().await;
+        (signals, incidents)
+    })
+}
+
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn presses_are_stored_once_grouped_acknowledged_and_survive_downtime() {
+    let id = uniq();
+    let (node, device) = (format!("alarm-node-{id}"), format!("btn-{id}"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &node, &device);
+    let mut svc = Service::start(&cfg, &[]);
+    svc.wait_for_log("connected to the device broker", Duration::from_secs(15));
+    let acks = watch_acks(&device, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let topic = format!("xueliang/v1/devices/{device}/alarm");
+    // Seq 1 twice (a QoS 1 redelivery or a device retry), seq 2, and junk.
+    publish(&topic, &press_payload(1));
+    publish(&topic, &press_payload(1));
+    publish(&topic, &press_payload(2));
+    publish(&topic, "{not json");
+    publish(
+        &format!("xueliang/v1/devices/ghost-{id}/alarm"),
+        &press_payload(1),
+    );
+    svc.wait_for_log("press joined an open incident", Duration::from_secs(15));
+    assert!(svc.log.iter().any(|l| l.contains("duplicate press ignored")), "{}", svc.log.join("\n"));
+    let out = acks.wait_with_output().unwrap();
+    let acks: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ack json"))
+        .collect();
+    assert_eq!(acks.len(), 2, "one ack per unique press");
+    assert!(acks.iter().all(|a| a["state"] == "received"));
+    assert_eq!(
+        acks[0]["alarm_id"], acks[1]["alarm_id"],
+        "both presses are one incident"
+    );
+    let metrics = get(svc.addr(), "/metrics", None).body;
+    assert!(
+        metrics.contains(r#"xueliang_mqtt_rejected_total{reason="malformed_json"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"xueliang_mqtt_rejected_total{reason="unknown_device"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"xueliang_alarm_incidents_total{kind="panic"} 1"#),
+        "{metrics}"
+    );
+
+    // Down for a while: the broker keeps the press for our persistent session.
+    svc.signal("TERM");
+    assert!(
+        svc.wait(Duration::from_secs(20)).success(),
+        "{}",
+        svc.log.join("\n")
+    );
+    publish(&topic, &press_payload(3));
+    let (signals, _) = store_state(dir.path(), &node, &device);
+    assert_eq!(signals, 2, "seq 3 is not stored before the service is back");
+    let mut svc = Service::start(&cfg, &[]);
+    let (signals, incidents) = wait_for(Duration::from_secs(15), "the queued press", || {
+        let (n, inc) = store_state(dir.path(), &node, &device);
+        (n == 3).then_some((n, inc))
+    });
+    assert_eq!(signals, 3);
+    let panic: Vec<_> = incidents.iter().filter(|i| i.kind == "panic").collect();
+    assert_eq!(panic.len(), 1, "{incidents:?}");
+    assert_eq!(panic[0].signal_count, 3);
+    assert_eq!((panic[0].lat, panic[0].lon), (Some(29.3), Some(104.7)));
+    svc.signal("TERM");
+    assert!(svc.wait(Duration::from_secs(20)).success());
+}
