@@ -152,7 +152,13 @@ fn presses_are_stored_once_grouped_acknowledged_and_survive_downtime() {
         &press_payload(1),
     );
     svc.wait_for_log("press joined an open incident", Duration::from_secs(15));
-    assert!(svc.log.iter().any(|l| l.contains("duplicate press ignored")), "{}", svc.log.join("\n"));
+    assert!(
+        svc.log
+            .iter()
+            .any(|l| l.contains("duplicate press ignored")),
+        "{}",
+        svc.log.join("\n")
+    );
     let out = acks.wait_with_output().unwrap();
     let acks: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -198,6 +204,74 @@ fn presses_are_stored_once_grouped_acknowledged_and_survive_downtime() {
     assert_eq!(panic.len(), 1, "{incidents:?}");
     assert_eq!(panic[0].signal_count, 3);
     assert_eq!((panic[0].lat, panic[0].lon), (Some(29.3), Some(104.7)));
+
+    // The duty desk works the incident through the API; the button hears each step.
+    let acks = watch_acks(&device, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let id = panic[0].id.to_string();
+    let list = get(svc.addr(), "/api/v1/alarms?state=open", Some(TOKEN)).json();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id.as_str()),
+        "{list}"
+    );
+    let detail = get(svc.addr(), &format!("/api/v1/alarms/{id}"), Some(TOKEN)).json();
+    assert_eq!(detail["signals"].as_array().unwrap().len(), 3);
+    assert_eq!(detail["history"][0]["to_state"], "raised");
+    let act = |what: &str, body: &str| {
+        post_json(
+            svc.addr(),
+            &format!("/api/v1/alarms/{id}/{what}"),
+            Some(TOKEN),
+            body,
+        )
+    };
+    let r = act("ack", r#"{"note": "on my way"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "acknowledged");
+    let again = act("ack", "");
+    assert_eq!(again.status, 409);
+    assert!(
+        again.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already acknowledged (by token:t)"),
+        "{}",
+        again.body
+    );
+    let r = act("resolve", r#"{"note": "cat on the button"}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("outcome"), "{}", r.body);
+    assert_eq!(act("dispatch", "").status, 200);
+    let r = act("resolve", r#"{"note": "handled", "outcome": "genuine"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["state"].as_str(), r.json()["outcome"].as_str()),
+        (Some("resolved"), Some("genuine"))
+    );
+    let r = act("dispatch", "");
+    assert_eq!(r.status, 409);
+    assert!(r.body.contains("already resolved"), "{}", r.body);
+    let out = acks.wait_with_output().unwrap();
+    let states: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(states, ["acknowledged", "dispatched", "resolved"]);
+    let history =
+        get(svc.addr(), &format!("/api/v1/alarms/{id}"), Some(TOKEN)).json()["history"].clone();
+    assert_eq!(history.as_array().unwrap().len(), 4, "{history}");
+    assert_eq!(history[1]["note"], "on my way");
+    let devices = get(svc.addr(), "/api/v1/devices", Some(TOKEN)).json();
+    assert_eq!(devices[0]["battery"], 87);
+    assert_eq!(devices[0]["online"], true);
     svc.signal("TERM");
     assert!(svc.wait(Duration::from_secs(20)).success());
 }

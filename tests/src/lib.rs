@@ -296,10 +296,42 @@ pub fn get_raw(
     token: Option<&str>,
     headers: &[(&str, &str)],
 ) -> RawResponse {
+    request_raw(addr, "GET", path, token, headers, None)
+}
+
+/// `POST path` with a JSON body.
+pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Response {
+    let raw = request_raw(
+        addr,
+        "POST",
+        path,
+        token,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    );
+    Response {
+        status: raw.status,
+        headers: raw.headers,
+        body: String::from_utf8_lossy(&raw.body).into_owned(),
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub fn request_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> RawResponse {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -307,6 +339,7 @@ pub fn get_raw(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body.unwrap_or_default());
     s.write_all(req.as_bytes()).expect("write");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");

@@ -3,6 +3,7 @@
 //! Handlers read the store (the source of truth) and the configuration; they never hold a lock
 //! across an await. Errors leave as `{"error": {"kind": ..., "message": ...}}`.
 
+mod alarms;
 mod auth;
 mod cameras;
 mod error;
@@ -25,6 +26,7 @@ use xueliang_core::shutdown::Shutdown;
 use xueliang_core::{Clock, Error, ErrorKind, ResultExt};
 use xueliang_store::Store;
 
+pub use alarms::{AlarmDesk, DeskAction};
 pub use auth::{Principal, TokenSet};
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub health: xueliang_core::health::HealthBoard,
     pub storage_dir: std::path::PathBuf,
     pub storage: xueliang_record::retention::StorageStatus,
+    /// Where operator actions go; `None` on a node that runs no alarm engine.
+    pub desk: Option<Arc<dyn AlarmDesk>>,
 }
 
 impl AppState {
@@ -58,6 +62,7 @@ impl AppState {
             storage_dir: config.recordings_dir(),
             health: Default::default(),
             storage: Default::default(),
+            desk: None,
             config,
             store,
             tokens,
@@ -75,6 +80,10 @@ pub fn router(state: AppState) -> Router {
         .route("/cameras/{id}", get(cameras::get_one))
         .route("/cameras/{id}/recordings", get(recordings::list))
         .route("/cameras/{id}/export.mp4", get(recordings::export))
+        .route("/alarms", get(alarms::list))
+        .route("/alarms/{id}", get(alarms::get_one))
+        .route("/alarms/{id}/{action}", axum::routing::post(alarms::act))
+        .route("/devices", get(alarms::devices))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

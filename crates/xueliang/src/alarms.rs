@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use xueliang_alarm::{DeviceInfo, Effect, Engine, IncidentKind, Input, Policy, PressKind};
 use xueliang_core::config::{Config, MqttMode};
@@ -58,10 +58,42 @@ impl Metrics {
     }
 }
 
+type DeskRequest = (
+    EntityId,
+    xueliang_api::DeskAction,
+    String,
+    Option<String>,
+    oneshot::Sender<Result<(), Error>>,
+);
+
+/// The API's way into the engine: requests queue behind device messages, in order.
+#[derive(Debug)]
+struct DeskHandle(mpsc::Sender<DeskRequest>);
+
+#[async_trait::async_trait]
+impl xueliang_api::AlarmDesk for DeskHandle {
+    async fn act(
+        &self,
+        incident: EntityId,
+        action: xueliang_api::DeskAction,
+        actor: String,
+        note: Option<String>,
+    ) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send((incident, action, actor, note, tx))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Unavailable, "the alarm engine is stopping"))?;
+        rx.await
+            .map_err(|_| Error::new(ErrorKind::Unavailable, "the alarm engine is stopping"))?
+    }
+}
+
 /// The running alarm pipeline.
 pub struct Alarms {
     mqtt: JoinHandle<()>,
     handler: JoinHandle<()>,
+    pub desk: Arc<dyn xueliang_api::AlarmDesk>,
 }
 
 impl std::fmt::Debug for Alarms {
@@ -143,14 +175,19 @@ pub fn start(
         locations,
     };
     let shutdown = shutdown.clone();
+    let (desk_tx, desk_rx) = mpsc::channel(64);
     let handler = tokio::spawn(async move {
         let mut shell = shell;
         if let Err(e) = shell.restore().await {
             tracing::error!(err = %e.chain(), "cannot reload open incidents; new presses will open new ones");
         }
-        shell.run(rx, shutdown).await
+        shell.run(rx, desk_rx, shutdown).await
     });
-    Ok(Some(Alarms { mqtt, handler }))
+    Ok(Some(Alarms {
+        mqtt,
+        handler,
+        desk: Arc::new(DeskHandle(desk_tx)),
+    }))
 }
 
 struct Shell {
@@ -209,7 +246,12 @@ impl Shell {
         Ok(())
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Delivery>, shutdown: Shutdown) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Delivery>,
+        mut desk: mpsc::Receiver<DeskRequest>,
+        shutdown: Shutdown,
+    ) {
         loop {
             let deadline = self.engine.next_deadline();
             let sleep = deadline.map(|d| {
@@ -221,6 +263,10 @@ impl Shell {
                     None => break,
                     Some(d) => self.delivery(d, &shutdown).await,
                 },
+                Some((id, action, actor, note, reply)) = desk.recv() => {
+                    let r = self.desk_action(id, action, actor, note).await;
+                    let _ = reply.send(r);
+                }
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => {
                     let now = self.clock.now();
                     self.input(Input::Tick { now }, &shutdown).await;
@@ -359,6 +405,49 @@ impl Shell {
                 )
                 .await
             }
+        }
+    }
+
+    async fn desk_action(
+        &mut self,
+        id: EntityId,
+        action: xueliang_api::DeskAction,
+        actor: String,
+        note: Option<String>,
+    ) -> Result<(), Error> {
+        let action = match action {
+            xueliang_api::DeskAction::Acknowledge => xueliang_alarm::Action::Acknowledge,
+            xueliang_api::DeskAction::Dispatch => xueliang_alarm::Action::Dispatch,
+            xueliang_api::DeskAction::Resolve(o) => xueliang_alarm::Action::Resolve(o),
+        };
+        let at = self.clock.now();
+        match self.engine.handle(Input::Act {
+            incident: id,
+            action,
+            actor,
+            note,
+            at,
+        }) {
+            Ok(effects) => {
+                for fx in effects {
+                    self.apply(fx).await?;
+                }
+                Ok(())
+            }
+            Err(xueliang_alarm::ActionError::NotOpen(_)) => {
+                match self.store.get_incident(id).await? {
+                    None => Err(Error::new(ErrorKind::NotFound, format!("no alarm {id}"))),
+                    Some(i) if i.state == IncidentState::Resolved => Err(Error::new(
+                        ErrorKind::FailedPrecondition,
+                        format!("alarm {id} is already resolved"),
+                    )),
+                    Some(i) => Err(Error::new(
+                        ErrorKind::FailedPrecondition,
+                        format!("alarm {id} is handled by node {}, not this one", i.node_id),
+                    )),
+                }
+            }
+            Err(e) => Err(Error::new(ErrorKind::FailedPrecondition, e.to_string())),
         }
     }
 
@@ -509,22 +598,28 @@ impl Shell {
                 at,
                 from,
             } => {
-                self.update(incident, |_, u| {
-                    u.state = to;
-                    u.outcome = outcome;
-                    u.change = Some(IncidentChange {
-                        id: EntityId::new_at(at),
-                        node_id: self.node.clone(),
-                        incident_id: incident,
-                        at,
-                        actor: actor.clone(),
-                        from_state: Some(from),
-                        to_state: to,
-                        outcome,
-                        note: note.clone(),
-                    });
-                })
-                .await?;
+                let inc = self
+                    .update(incident, |_, u| {
+                        u.state = to;
+                        u.outcome = outcome;
+                        u.change = Some(IncidentChange {
+                            id: EntityId::new_at(at),
+                            node_id: self.node.clone(),
+                            incident_id: incident,
+                            at,
+                            actor: actor.clone(),
+                            from_state: Some(from),
+                            to_state: to,
+                            outcome,
+                            note: note.clone(),
+                        });
+                    })
+                    .await?;
+                tracing::info!(incident = %incident, from = from.as_str(), to = to.as_str(), actor = %actor, "incident moved on");
+                if matches!(inc.kind.as_str(), "panic" | "tamper" | "test") {
+                    self.tell_device(&inc.source_id, incident, to.as_str())
+                        .await;
+                }
             }
             Effect::Footage {
                 camera,

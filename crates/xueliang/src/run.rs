@@ -174,6 +174,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     let mut state =
         xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
     state.health = pipeline.health.clone();
+    state.desk = alarms.as_ref().map(|a| a.desk.clone());
     state.storage = pipeline.storage.clone();
     let api = tokio::spawn(xueliang_api::serve(listener, state, shutdown.clone()));
     tracing::info!(addr = %bound, node = %cfg.node.id, cameras = cfg.cameras.len(), devices = cfg.devices.len(), "api listening");
