@@ -108,10 +108,15 @@ fn node_topic(node: &str) -> String {
 
 /// Connects and returns the link plus a task that runs the connection until shutdown,
 /// reconnecting with backoff, and sends every device message to `tx` in arrival order.
+///
+/// `tx` is unbounded on purpose: the event loop must never wait for the handler, because the
+/// handler's acks travel through this same event loop (waiting would deadlock both). The queue
+/// is bounded in practice by the broker, which sends at most its in-flight window of
+/// unacknowledged QoS 1 messages.
 pub fn start(
     cfg: ClientConfig,
     devices: Arc<HashSet<String>>,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::UnboundedSender<Delivery>,
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 ) -> (DeviceLink, tokio::task::JoinHandle<()>) {
@@ -166,7 +171,6 @@ pub fn start(
                             message,
                             publish: p,
                         })
-                        .await
                         .is_err()
                     {
                         break;

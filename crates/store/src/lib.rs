@@ -124,6 +124,9 @@ pub trait Store: Send + Sync + Debug {
     /// stored and the first one's id is returned.
     async fn insert_signal(&self, signal: &Signal) -> Result<SignalInsert>;
     async fn get_signal(&self, id: EntityId) -> Result<Option<Signal>>;
+    /// The incident a signal joined, if any (a crash between storing a signal and linking it
+    /// leaves it unlinked; its redelivery must then be handled, not ignored).
+    async fn incident_of_signal(&self, signal: EntityId) -> Result<Option<EntityId>>;
 
     /// Creates an incident with its first change, linked signals and outbox entries, atomically.
     async fn create_incident(&self, new: &NewIncident) -> Result<()>;

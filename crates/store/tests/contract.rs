@@ -347,6 +347,17 @@ async fn signals_deduplicate_on_device_seq(s: Arc<dyn Store>, _db: &TestDb) {
     );
     assert!(s.get_signal(again.id).await.unwrap().is_none());
     assert_eq!(s.get_signal(first.id).await.unwrap().unwrap(), first);
+    assert_eq!(
+        s.incident_of_signal(first.id).await.unwrap(),
+        None,
+        "not linked yet"
+    );
+    let inc = new_incident(1, 1, vec![first.id], vec![]);
+    s.create_incident(&inc).await.unwrap();
+    assert_eq!(
+        s.incident_of_signal(first.id).await.unwrap(),
+        Some(inc.incident.id)
+    );
     // Same seq from another device is a different signal; signals without seq never collide.
     let other = Signal {
         source_id: "btn-2".into(),

@@ -162,7 +162,7 @@ pub fn start(
         .iter()
         .filter_map(|d| Some((d.id.clone(), (d.location?.lat, d.location?.lon))))
         .collect();
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::unbounded_channel();
     let (link, mqtt) = client::start(ccfg, devices, tx, clock.clone(), shutdown.clone());
     let engine = Engine::new(Policy::default(), infos, clock.now());
     let shell = Shell {
@@ -248,7 +248,7 @@ impl Shell {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Delivery>,
+        mut rx: mpsc::UnboundedReceiver<Delivery>,
         mut desk: mpsc::Receiver<DeskRequest>,
         shutdown: Shutdown,
     ) {
@@ -344,9 +344,23 @@ impl Shell {
                     })
                     .await?;
                 match self.store.insert_signal(&signal).await? {
-                    SignalInsert::Duplicate(first) => {
+                    SignalInsert::Duplicate(first)
+                        if self.store.incident_of_signal(first).await?.is_some() =>
+                    {
                         tracing::info!(device = %device, seq = alarm.seq, first = %first, "duplicate press ignored");
                         Ok(())
+                    }
+                    SignalInsert::Duplicate(first) => {
+                        // Stored before a crash but never joined to an incident: finish the job.
+                        tracing::warn!(device = %device, seq = alarm.seq, signal = %first, "redelivered press was stored but not handled; handling it now");
+                        let input = Input::Press {
+                            signal: first,
+                            device: device.clone(),
+                            kind,
+                            at: now,
+                            battery: alarm.battery,
+                        };
+                        self.input_checked(input, shutdown).await
                     }
                     SignalInsert::Inserted => {
                         let input = Input::Press {

@@ -1015,6 +1015,15 @@ impl crate::Store for StoreImpl {
         row.as_ref().map(signal).transpose()
     }
 
+    async fn incident_of_signal(&self, signal_id: EntityId) -> Result<Option<EntityId>> {
+        let row = sqlx::query("SELECT incident_id FROM incident_signals WHERE signal_id = $1")
+            .bind(signal_id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("find incident of signal"))?;
+        row.as_ref().map(|r| id(r, "incident_id")).transpose()
+    }
+
     async fn create_incident(&self, new: &NewIncident) -> Result<()> {
         let i = &new.incident;
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
