@@ -53,6 +53,27 @@ fn visible(who: &Principal, i: &Incident) -> bool {
     who.devices.allows(&i.source_id) || who.cameras.allows(&i.source_id)
 }
 
+/// The stored incident, or 404 / 403 (the caller may `verb` it only within its scope).
+async fn load_visible(
+    st: &AppState,
+    who: &Principal,
+    id: EntityId,
+    verb: &str,
+) -> Result<Incident, ApiError> {
+    let incident = st
+        .store
+        .get_incident(id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no alarm {id}")))?;
+    if !visible(who, &incident) {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("{} may not {verb} alarm {id}", who.actor),
+        ));
+    }
+    Ok(incident)
+}
+
 pub(crate) async fn list(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -132,17 +153,7 @@ pub(crate) async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<AlarmDetail>, ApiError> {
     let id = parse_id(&id)?;
-    let incident = st
-        .store
-        .get_incident(id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no alarm {id}")))?;
-    if !visible(&who, &incident) {
-        return Err(ApiError::new(
-            ErrorKind::PermissionDenied,
-            format!("{} may not see alarm {id}", who.actor),
-        ));
-    }
+    let incident = load_visible(&st, &who, id, "see").await?;
     let signals = st.store.incident_signals(id).await?;
     let history = st.store.incident_changes(id).await?;
     // Footage of the device's cameras: a minute before the first press to three minutes after
@@ -239,17 +250,7 @@ pub(crate) async fn act(
             ));
         }
     };
-    let incident = st
-        .store
-        .get_incident(id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no alarm {id}")))?;
-    if !visible(&who, &incident) {
-        return Err(ApiError::new(
-            ErrorKind::PermissionDenied,
-            format!("{} may not act on alarm {id}", who.actor),
-        ));
-    }
+    load_visible(&st, &who, id, "act on").await?;
     let desk: &Arc<dyn AlarmDesk> = st.desk.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unavailable,
