@@ -272,6 +272,23 @@ async fn apply_pending(
     Ok(done)
 }
 
+/// Creates the bookkeeping table, then applies what is pending inside one transaction opened
+/// with `begin`, committing only if every step succeeded.
+async fn migrate_in_transaction(
+    conn: &mut sqlx::pool::PoolConnection<Db>,
+    begin: &'static str,
+) -> Result<Vec<i64>> {
+    use sqlx::Executor;
+    conn.execute(crate::migrate::CREATE_MIGRATIONS_TABLE)
+        .await
+        .map_err(db("create schema_migrations"))?;
+    conn.execute(begin).await.map_err(db("begin migration"))?;
+    let result = apply_pending(conn, MIGRATIONS).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute(end).await.map_err(db("end migration"))?;
+    result
+}
+
 async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Db>, entries: &[OutboxEntry]) -> Result<()> {
     for e in entries {
         sqlx::query(

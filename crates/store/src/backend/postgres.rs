@@ -56,7 +56,6 @@ impl PgStore {
     /// Several nodes may start together against one database: the advisory lock makes the
     /// others wait and then find nothing left to do.
     async fn migrate_impl(&self) -> Result<Vec<i64>> {
-        use sqlx::Executor;
         let mut conn = self
             .pool
             .acquire()
@@ -67,21 +66,7 @@ impl PgStore {
             .execute(&mut *conn)
             .await
             .map_err(crate::error::db("take migration lock"))?;
-        let result = async {
-            conn.execute(crate::migrate::CREATE_MIGRATIONS_TABLE)
-                .await
-                .map_err(crate::error::db("create schema_migrations"))?;
-            conn.execute("BEGIN")
-                .await
-                .map_err(crate::error::db("begin migration"))?;
-            let r = apply_pending(&mut conn, MIGRATIONS).await;
-            let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            conn.execute(end)
-                .await
-                .map_err(crate::error::db("end migration"))?;
-            r
-        }
-        .await;
+        let result = migrate_in_transaction(&mut conn, "BEGIN").await;
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *conn)

@@ -56,24 +56,12 @@ impl SqliteStore {
     /// SQLite serialises writers itself; `BEGIN IMMEDIATE` makes a second migrating process
     /// wait for the first instead of failing half-way.
     async fn migrate_impl(&self) -> Result<Vec<i64>> {
-        use sqlx::Executor;
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(crate::error::db("acquire connection"))?;
-        conn.execute(crate::migrate::CREATE_MIGRATIONS_TABLE)
-            .await
-            .map_err(crate::error::db("create schema_migrations"))?;
-        conn.execute("BEGIN IMMEDIATE")
-            .await
-            .map_err(crate::error::db("begin migration"))?;
-        let result = apply_pending(&mut conn, MIGRATIONS).await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        conn.execute(end)
-            .await
-            .map_err(crate::error::db("end migration"))?;
-        result
+        migrate_in_transaction(&mut conn, "BEGIN IMMEDIATE").await
     }
 }
 
