@@ -421,7 +421,7 @@ min_free_bytes = "1 MiB"
     };
     let started = Instant::now();
     let mut seen = 0;
-    let (incidents, signals) = wait_for(Duration::from_secs(240), "every unique press", || {
+    wait_for(Duration::from_secs(240), "every unique press", || {
         let (inc, sig) = count(dir.path());
         if sig.len() != seen {
             seen = sig.len();
@@ -432,6 +432,10 @@ min_free_bytes = "1 MiB"
         }
         (sig.len() >= unique).then_some((inc, sig))
     });
+    // Incidents and their links were read by separate queries while joins were still being
+    // committed: read once more now that everything is in.
+    std::thread::sleep(Duration::from_millis(500));
+    let (incidents, signals) = count(dir.path());
     eprintln!(
         "storm: {} presses ({} with duplicates) stored in {:?} after the restart",
         unique,
