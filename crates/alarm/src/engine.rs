@@ -26,6 +26,8 @@ pub enum IncidentKind {
     /// A maintenance ticket.
     LowBattery,
     Test,
+    /// A camera that stayed offline longer than the policy allows.
+    CameraOffline,
 }
 
 impl IncidentKind {
@@ -36,6 +38,7 @@ impl IncidentKind {
             "device_offline" => IncidentKind::DeviceOffline,
             "low_battery" => IncidentKind::LowBattery,
             "test" => IncidentKind::Test,
+            "camera_offline" => IncidentKind::CameraOffline,
             _ => return None,
         })
     }
@@ -47,6 +50,7 @@ impl IncidentKind {
             IncidentKind::DeviceOffline => "device_offline",
             IncidentKind::LowBattery => "low_battery",
             IncidentKind::Test => "test",
+            IncidentKind::CameraOffline => "camera_offline",
         }
     }
 
@@ -57,6 +61,7 @@ impl IncidentKind {
             IncidentKind::DeviceOffline => 4,
             IncidentKind::LowBattery => 5,
             IncidentKind::Test => 6,
+            IncidentKind::CameraOffline => 4,
         }
     }
 
@@ -140,6 +145,12 @@ pub enum Input {
         note: Option<String>,
         at: Timestamp,
     },
+    /// A camera went offline (its stream failed) or came back.
+    Camera {
+        camera: String,
+        online: bool,
+        at: Timestamp,
+    },
     /// Time has passed; escalations and supervision deadlines are due up to `now`.
     Tick { now: Timestamp },
 }
@@ -179,6 +190,8 @@ pub enum Effect {
     },
     /// The cause is gone (the device is back); the workflow goes on.
     ConditionCleared { incident: EntityId, at: Timestamp },
+    /// The cause is back while its incident is still open (the device or camera was lost again).
+    ConditionRaised { incident: EntityId, at: Timestamp },
     /// Keep this camera's recordings of `[from, to)` for the incident (a later one for the same
     /// camera supersedes an earlier one).
     Footage {
@@ -236,6 +249,8 @@ pub struct Engine {
     seen: HashMap<String, DeviceSeen>,
     open: HashMap<EntityId, Open>,
     by_source: HashMap<(IncidentKind, String), EntityId>,
+    /// Cameras offline since then, not yet raised.
+    cameras_down: HashMap<String, Timestamp>,
 }
 
 impl Engine {
@@ -259,6 +274,7 @@ impl Engine {
             seen,
             open: HashMap::new(),
             by_source: HashMap::new(),
+            cameras_down: HashMap::new(),
         }
     }
 
@@ -367,6 +383,7 @@ impl Engine {
                 note,
                 at,
             } => self.act(incident, action, actor, note, at, &mut out)?,
+            Input::Camera { camera, online, at } => self.camera(&camera, online, at, &mut out),
             Input::Tick { now } => self.tick(now, &mut out),
         }
         Ok(out)
@@ -385,7 +402,14 @@ impl Engine {
             .values()
             .filter(|s| !s.offline)
             .filter_map(|s| s.last_seen.map(|t| t.saturating_add_millis(supervision)));
-        esc.chain(footage).chain(offline).min()
+        let cameras = self.policy.camera_offline_after.and_then(|after| {
+            let after = ms(after);
+            self.cameras_down
+                .values()
+                .map(|t| t.saturating_add_millis(after))
+                .min()
+        });
+        esc.chain(footage).chain(offline).chain(cameras).min()
     }
 
     /// Open incidents as (id, kind, state, priority), for inspection.
@@ -415,6 +439,7 @@ impl Engine {
             IncidentKind::Test => format!("测试 test press: {name}"),
             IncidentKind::DeviceOffline => format!("设备离线 device offline: {name}"),
             IncidentKind::LowBattery => format!("电量低 low battery: {name}"),
+            IncidentKind::CameraOffline => format!("摄像机离线 camera offline: {device}"),
         }
     }
 
@@ -556,17 +581,46 @@ impl Engine {
         }
     }
 
+    /// A camera fault becomes an incident only once it has lasted the policy's time, so that a
+    /// reconnect does not page anyone; its return clears the condition (the incident stays for
+    /// a person to resolve).
+    fn camera(&mut self, camera: &str, online: bool, at: Timestamp, out: &mut Vec<Effect>) {
+        if online {
+            self.cameras_down.remove(camera);
+            self.clear(IncidentKind::CameraOffline, camera, at, out);
+        } else if self.policy.camera_offline_after.is_some()
+            && !self
+                .by_source
+                .get(&(IncidentKind::CameraOffline, camera.to_owned()))
+                .and_then(|id| self.open.get(id))
+                .is_some_and(|o| o.condition == Condition::Active)
+        {
+            self.cameras_down.entry(camera.to_owned()).or_insert(at);
+        }
+    }
+
     fn device_lost(&mut self, device: &str, at: Timestamp, out: &mut Vec<Effect>) {
         let s = self.seen.entry(device.to_owned()).or_default();
         if s.offline {
             return;
         }
         s.offline = true;
-        if !self
+        match self
             .by_source
-            .contains_key(&(IncidentKind::DeviceOffline, device.to_owned()))
+            .get(&(IncidentKind::DeviceOffline, device.to_owned()))
+            .copied()
         {
-            self.raise(IncidentKind::DeviceOffline, device, None, at, out);
+            Some(id) => {
+                if let Some(o) = self.open.get_mut(&id)
+                    && o.condition == Condition::Cleared
+                {
+                    o.condition = Condition::Active;
+                    out.push(Effect::ConditionRaised { incident: id, at });
+                }
+            }
+            None => {
+                self.raise(IncidentKind::DeviceOffline, device, None, at, out);
+            }
         }
     }
 
@@ -715,6 +769,35 @@ impl Engine {
         silent.sort();
         for (device, due) in silent {
             self.device_lost(&device, due, out);
+        }
+        if let Some(after) = self.policy.camera_offline_after {
+            let after = ms(after);
+            let mut due: Vec<(String, Timestamp)> = self
+                .cameras_down
+                .iter()
+                .map(|(c, t)| (c.clone(), t.saturating_add_millis(after)))
+                .filter(|(_, t)| *t <= now)
+                .collect();
+            due.sort();
+            for (camera, at) in due {
+                self.cameras_down.remove(&camera);
+                match self
+                    .by_source
+                    .get(&(IncidentKind::CameraOffline, camera.clone()))
+                    .copied()
+                {
+                    // Down again while its last incident is still open: that incident is the one.
+                    Some(id) => {
+                        if let Some(o) = self.open.get_mut(&id) {
+                            o.condition = Condition::Active;
+                            out.push(Effect::ConditionRaised { incident: id, at });
+                        }
+                    }
+                    None => {
+                        self.raise(IncidentKind::CameraOffline, &camera, None, at, out);
+                    }
+                }
+            }
         }
     }
 }

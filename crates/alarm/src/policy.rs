@@ -22,6 +22,8 @@ pub struct Policy {
     pub pre_roll: Duration,
     pub post_roll: Duration,
     pub max_footage: Duration,
+    /// A camera offline this long raises an incident; `None`: camera faults raise none.
+    pub camera_offline_after: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -37,6 +39,7 @@ impl Default for Policy {
             pre_roll: Duration::from_secs(60),
             post_roll: Duration::from_secs(180),
             max_footage: Duration::from_secs(15 * 60),
+            camera_offline_after: Some(Duration::from_secs(300)),
         }
     }
 }

@@ -156,40 +156,23 @@ pub(crate) async fn get_one(
     let incident = load_visible(&st, &who, id, "see").await?;
     let signals = st.store.incident_signals(id).await?;
     let history = st.store.incident_changes(id).await?;
-    // Footage of the device's cameras: a minute before the first press to three minutes after
-    // the last (capped at fifteen minutes), as the engine pins it.
-    let first = signals
-        .iter()
-        .map(|s| s.received_at)
-        .min()
-        .unwrap_or(incident.opened_at);
-    let last = signals
-        .iter()
-        .map(|s| s.received_at)
-        .max()
-        .unwrap_or(incident.opened_at);
-    let from = Timestamp::from_millis(first.as_millis() - 60_000);
-    let to =
-        Timestamp::from_millis((last.as_millis() + 180_000).min(from.as_millis() + 15 * 60_000));
-    let cameras = st
-        .config
-        .devices
-        .iter()
-        .find(|d| d.id == incident.source_id)
-        .map(|d| d.cameras.clone())
-        .unwrap_or_default();
-    let clips = cameras
+    // Footage the engine attached (it widens while the incident is open).
+    let clips = st
+        .store
+        .incident_clips(id)
+        .await?
         .into_iter()
-        .filter(|c| who.cameras.allows(c))
-        .map(|camera| Clip {
+        .filter(|c| who.cameras.allows(&c.camera_id))
+        .map(|c| Clip {
             export_url: format!(
-                "/api/v1/cameras/{camera}/export.mp4?from={}&to={}",
-                from.to_rfc3339(),
-                to.to_rfc3339()
+                "/api/v1/cameras/{}/export.mp4?from={}&to={}",
+                c.camera_id,
+                c.from.to_rfc3339(),
+                c.to.to_rfc3339()
             ),
-            camera,
-            from,
-            to,
+            camera: c.camera_id,
+            from: c.from,
+            to: c.to,
         })
         .collect();
     Ok(Json(AlarmDetail {

@@ -7,6 +7,7 @@ mod alarms;
 mod auth;
 mod cameras;
 mod error;
+mod events;
 mod metrics;
 mod recordings;
 
@@ -46,6 +47,10 @@ pub struct AppState {
     pub storage: xueliang_record::retention::StorageStatus,
     /// Where operator actions go; `None` on a node that runs no alarm engine.
     pub desk: Option<Arc<dyn AlarmDesk>>,
+    /// Bumped by writers after they commit events; event streams wake on it.
+    pub events: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Ends long-lived responses (event streams) when the service stops.
+    pub shutdown: Shutdown,
 }
 
 impl AppState {
@@ -63,6 +68,8 @@ impl AppState {
             health: Default::default(),
             storage: Default::default(),
             desk: None,
+            events: Arc::new(tokio::sync::watch::Sender::new(0)),
+            shutdown: Shutdown::new(),
             config,
             store,
             tokens,
@@ -84,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/alarms/{id}", get(alarms::get_one))
         .route("/alarms/{id}/{action}", axum::routing::post(alarms::act))
         .route("/devices", get(alarms::devices))
+        .route("/events", get(events::stream))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -80,6 +80,9 @@ impl fmt::Display for NodeId {
 pub struct EntityId(Uuid);
 
 impl EntityId {
+    /// Sorts before every other id: "from the beginning" for cursors.
+    pub const MIN: EntityId = EntityId(Uuid::nil());
+
     /// A new id whose time part is `at` (wall time, milliseconds), so ids sort like their records.
     pub fn new_at(at: crate::Timestamp) -> Self {
         let ms = u64::try_from(at.as_millis()).unwrap_or(0);
@@ -88,6 +91,17 @@ impl EntityId {
             ms / 1000,
             ((ms % 1000) * 1_000_000) as u32,
         );
+        EntityId(Uuid::new_v7(ts))
+    }
+
+    /// Like [`EntityId::new_at`], but ids made by this process also sort in the order they were
+    /// made within a millisecond (a counter instead of random bits): for streams that resume
+    /// after the last id a reader saw.
+    pub fn new_ordered(at: crate::Timestamp) -> Self {
+        static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
+            std::sync::Mutex::new(uuid::ContextV7::new());
+        let ms = u64::try_from(at.as_millis()).unwrap_or(0);
+        let ts = uuid::Timestamp::from_unix(&CONTEXT, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
         EntityId(Uuid::new_v7(ts))
     }
 
@@ -112,6 +126,20 @@ impl FromStr for EntityId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordered_ids_sort_in_creation_order_within_a_millisecond() {
+        let at = crate::Timestamp::from_millis(1_764_000_000_123);
+        let ids: Vec<EntityId> = (0..1000).map(|_| EntityId::new_ordered(at)).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        let (secs, nanos) = ids[0].as_uuid().get_timestamp().expect("v7").to_unix();
+        assert_eq!(
+            secs * 1000 + u64::from(nanos) / 1_000_000,
+            1_764_000_000_123
+        );
+    }
     use crate::Timestamp;
 
     #[test]

@@ -86,6 +86,14 @@ impl DeviceLink {
             .err_kind(ErrorKind::Unavailable, || "send PUBACK".into())
     }
 
+    /// Publishes a change event for local integrations (QoS 1, not retained).
+    pub async fn publish_event(&self, topic: &str, body: Vec<u8>) -> Result<(), Error> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+            .err_kind(ErrorKind::Unavailable, || "publish event".into())
+    }
+
     /// Tells a device what became of its alarm (`received`, `acknowledged`, ...).
     pub async fn publish_ack(
         &self,

@@ -61,6 +61,8 @@ pub struct RetentionPolicy {
     pub camera_days: HashMap<String, u32>,
     pub max_bytes: Option<u64>,
     pub min_free_bytes: u64,
+    /// Footage attached to an incident stays this long after the incident is resolved.
+    pub clip_hold_ms: i64,
 }
 
 /// What one pass did.
@@ -161,7 +163,13 @@ impl Retention {
             loop {
                 let old = self
                     .store
-                    .oldest_unpinned_segments(Some(&u.camera_id), Some(before), now, 100)
+                    .oldest_unpinned_segments(
+                        Some(&u.camera_id),
+                        Some(before),
+                        now,
+                        self.policy.clip_hold_ms,
+                        100,
+                    )
                     .await?;
                 if old.is_empty() {
                     break;
@@ -196,7 +204,7 @@ impl Retention {
             }
             let oldest = self
                 .store
-                .oldest_unpinned_segments(None, None, now, 1)
+                .oldest_unpinned_segments(None, None, now, self.policy.clip_hold_ms, 1)
                 .await?;
             let Some(seg) = oldest.into_iter().next() else {
                 let what = if below_floor {

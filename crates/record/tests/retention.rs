@@ -114,6 +114,7 @@ impl Rig {
                     .collect::<HashMap<_, _>>(),
                 max_bytes,
                 min_free_bytes: min_free,
+                clip_hold_ms: 86_400_000,
             },
             in_flight: self.in_flight.clone(),
             free: self.disk.clone(),

@@ -95,12 +95,14 @@ pub trait Store: Send + Sync + Debug {
     /// Removes a segment's row (its file is the caller's business).
     async fn delete_segment(&self, id: EntityId) -> Result<()>;
     /// Oldest segments first, across cameras or for one, optionally only those that started
-    /// before `before`; segments pinned past `now` are left out.
+    /// before `before`. Left out: segments pinned past `now`, and segments overlapping a clip of
+    /// an incident that is open or was resolved less than `clip_hold_ms` before `now`.
     async fn oldest_unpinned_segments(
         &self,
         camera_id: Option<&str>,
         before: Option<Timestamp>,
         now: Timestamp,
+        clip_hold_ms: i64,
         limit: u32,
     ) -> Result<Vec<Segment>>;
     /// Keeps a camera's segments overlapping `[from, to)` from retention until `until`
@@ -138,6 +140,26 @@ pub trait Store: Send + Sync + Debug {
     async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>>;
     async fn incident_changes(&self, id: EntityId) -> Result<Vec<IncidentChange>>;
     async fn incident_signals(&self, id: EntityId) -> Result<Vec<Signal>>;
+
+    /// Stores a batch of device reports and signals in one transaction: statuses of unknown
+    /// devices are skipped, and each signal is inserted once as by [`Store::insert_signal`].
+    async fn ingest_device_batch(
+        &self,
+        statuses: &[DeviceStatus],
+        signals: &[Signal],
+    ) -> Result<Vec<SignalInsert>>;
+    /// Writes a group commit atomically. A version conflict in any update rolls all of it back
+    /// with `FailedPrecondition`.
+    async fn commit_alarms(&self, commit: &AlarmCommit) -> Result<()>;
+    async fn incident_clips(&self, id: EntityId) -> Result<Vec<IncidentClip>>;
+
+    /// Appends events outside an alarm commit (camera state changes).
+    async fn append_events(&self, events: &[EventRecord]) -> Result<()>;
+    /// Events after `after` by id, oldest first.
+    async fn events_after(&self, after: EntityId, limit: u32) -> Result<Vec<EventRecord>>;
+    async fn latest_event_id(&self) -> Result<Option<EntityId>>;
+    /// Removes events older than `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64>;
 
     async fn enqueue_outbox(&self, entries: &[OutboxEntry]) -> Result<()>;
     /// Undelivered, unexpired entries of `sink` due at `now`: by priority, then by id (age).

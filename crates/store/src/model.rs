@@ -283,3 +283,48 @@ pub fn hash_token(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
+
+/// A committed change as the API's event stream and the MQTT events topic carry it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventRecord {
+    /// Sorts in commit order for one node (see `EntityId::new_ordered`): the stream's cursor.
+    pub id: EntityId,
+    pub node_id: String,
+    pub at: Timestamp,
+    /// `alarm` or `camera`.
+    pub topic: String,
+    /// The incident's or camera's id.
+    pub subject: String,
+    /// JSON text.
+    pub payload: String,
+}
+
+/// Footage attached to an incident: one span per camera, which only grows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IncidentClip {
+    pub incident_id: EntityId,
+    pub camera_id: String,
+    pub from: Timestamp,
+    pub to: Timestamp,
+}
+
+/// One group commit of the alarm pipeline: everything its engine decided for a batch of device
+/// messages or operator actions, written in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct AlarmCommit {
+    pub creates: Vec<NewIncident>,
+    /// Applied after the creates, in order; updates of one incident chain their versions.
+    pub updates: Vec<IncidentUpdate>,
+    /// Upserted: an existing clip is widened, never narrowed.
+    pub clips: Vec<IncidentClip>,
+    pub events: Vec<EventRecord>,
+}
+
+impl AlarmCommit {
+    pub fn is_empty(&self) -> bool {
+        self.creates.is_empty()
+            && self.updates.is_empty()
+            && self.clips.is_empty()
+            && self.events.is_empty()
+    }
+}

@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use xueliang_alarm::{DeviceInfo, Effect, Engine, IncidentKind, Input, Policy, PressKind};
-use xueliang_core::config::{Config, MqttMode};
-use xueliang_core::model::{Condition, IncidentState, SignalSource};
+use xueliang_core::config::{AlarmsConfig, Config, MqttMode};
+use xueliang_core::model::{CameraState, Condition, IncidentState, SignalSource};
 use xueliang_core::shutdown::Shutdown;
 use xueliang_core::{Clock, EntityId, Error, ErrorKind, ResultExt, Timestamp};
+use xueliang_mqtt::broker::{self, DeviceLogin};
 use xueliang_mqtt::client::{self, ClientConfig, Delivery, DeviceLink};
 use xueliang_mqtt::protocol::{AlarmType, DeviceMessage};
 use xueliang_store::{
-    DeviceStatus, Incident, IncidentChange, IncidentUpdate, NewIncident, Signal, SignalInsert,
-    Store,
+    AlarmCommit, CameraStateChange, DeviceStatus, EventRecord, Incident, IncidentChange,
+    IncidentClip, IncidentUpdate, NewIncident, Signal, SignalInsert, Store,
 };
 
 #[derive(Clone, Debug)]
@@ -116,31 +117,48 @@ pub fn start(
     registry: &Registry,
     clock: Arc<dyn Clock>,
     shutdown: &Shutdown,
+    wiring: Wiring,
 ) -> Result<Option<Alarms>, Error> {
-    let url = match (cfg.mqtt.mode, &cfg.mqtt.url) {
-        (MqttMode::External, Some(u)) => u.clone(),
-        (MqttMode::External, None) => {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "mqtt.url is required",
-            ));
-        }
-        (MqttMode::Embedded, _) => {
-            tracing::warn!(
-                "the embedded MQTT broker is not part of this build yet; panic buttons need mqtt.mode = \"external\""
-            );
-            return Ok(None);
-        }
-    };
     let metrics = Metrics::register(registry)?;
     let client_id = cfg
         .mqtt
         .client_id
         .clone()
         .unwrap_or_else(|| format!("xueliang-{}", cfg.node.id));
-    let mut ccfg = ClientConfig::from_url(&url, client_id, cfg.node.id.clone())?;
-    ccfg.username = cfg.mqtt.username.clone();
-    ccfg.password = cfg.mqtt.password.as_ref().map(|p| p.expose().to_owned());
+    let mut ccfg = match cfg.mqtt.mode {
+        MqttMode::External => {
+            let url =
+                cfg.mqtt.url.as_deref().ok_or_else(|| {
+                    Error::new(ErrorKind::InvalidArgument, "mqtt.url is required")
+                })?;
+            let mut c = ClientConfig::from_url(url, client_id, cfg.node.id.clone())?;
+            c.username = cfg.mqtt.username.clone();
+            c.password = cfg.mqtt.password.as_ref().map(|p| p.expose().to_owned());
+            c
+        }
+        MqttMode::Embedded => {
+            let listen = cfg.mqtt.listen_addr();
+            let logins: Vec<DeviceLogin> = cfg
+                .devices
+                .iter()
+                .map(|d| DeviceLogin {
+                    device_id: d.id.clone(),
+                    username: d.username.clone(),
+                    password: d.password.as_ref().map(|p| p.expose().to_owned()),
+                })
+                .collect();
+            let b = broker::start(listen, &logins, &cfg.node.id)?;
+            ClientConfig {
+                host: b.connect.ip().to_string(),
+                port: b.connect.port(),
+                client_id,
+                username: Some(b.username),
+                password: Some(b.password),
+                keepalive: Duration::from_secs(30),
+                node_id: cfg.node.id.clone(),
+            }
+        }
+    };
     ccfg.keepalive = Duration::from_secs(cfg.mqtt.keepalive_seconds.into());
     let devices: Arc<HashSet<String>> =
         Arc::new(cfg.devices.iter().map(|d| d.id.clone()).collect());
@@ -164,7 +182,7 @@ pub fn start(
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
     let (link, mqtt) = client::start(ccfg, devices, tx, clock.clone(), shutdown.clone());
-    let engine = Engine::new(Policy::default(), infos, clock.now());
+    let engine = Engine::new(policy(&cfg.alarms), infos, clock.now());
     let shell = Shell {
         store,
         link,
@@ -173,15 +191,18 @@ pub fn start(
         engine,
         node: cfg.node.id.clone(),
         locations,
+        events: wiring.events,
+        events_keep_ms: i64::from(cfg.alarms.events_keep_days) * 86_400_000,
     };
     let shutdown = shutdown.clone();
     let (desk_tx, desk_rx) = mpsc::channel(64);
+    let cameras = wiring.cameras;
     let handler = tokio::spawn(async move {
         let mut shell = shell;
         if let Err(e) = shell.restore().await {
             tracing::error!(err = %e.chain(), "cannot reload open incidents; new presses will open new ones");
         }
-        shell.run(rx, desk_rx, shutdown).await
+        shell.run(rx, desk_rx, cameras, shutdown).await
     });
     Ok(Some(Alarms {
         mqtt,
@@ -189,6 +210,40 @@ pub fn start(
         desk: Arc::new(DeskHandle(desk_tx)),
     }))
 }
+
+/// What the alarm shell shares with the rest of the node.
+#[derive(Debug)]
+pub struct Wiring {
+    /// Bumped after every commit that wrote events (the API's event streams wait on it).
+    pub events: Arc<watch::Sender<u64>>,
+    /// Camera state changes from ingest, after they were stored.
+    pub cameras: mpsc::UnboundedReceiver<CameraStateChange>,
+}
+
+fn policy(a: &AlarmsConfig) -> Policy {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    Policy {
+        join_window: secs(a.join_seconds),
+        burst_presses: a.burst_presses as usize,
+        burst_window: secs(a.burst_seconds),
+        ack_timeout: secs(a.ack_timeout_seconds),
+        heartbeat_interval: secs(a.heartbeat_seconds),
+        missed_heartbeats: a.missed_heartbeats,
+        low_battery_percent: a.low_battery_percent,
+        pre_roll: secs(a.footage_pre_seconds),
+        post_roll: secs(a.footage_post_seconds),
+        max_footage: secs(a.footage_max_seconds),
+        camera_offline_after: (a.camera_offline_seconds > 0)
+            .then(|| secs(a.camera_offline_seconds)),
+    }
+}
+
+/// Device messages committed together at most: one transaction for their signals and one for
+/// what the engine made of them, so a storm costs two fsyncs per batch, not several per press.
+const MAX_BATCH: usize = 512;
+
+/// The topic of Frigate-style change events for local integrations (Home Assistant).
+pub const EVENTS_TOPIC: &str = "xueliang/v1/events";
 
 struct Shell {
     store: Arc<dyn Store>,
@@ -198,10 +253,38 @@ struct Shell {
     engine: Engine,
     node: String,
     locations: HashMap<String, (f64, f64)>,
+    events: Arc<watch::Sender<u64>>,
+    events_keep_ms: i64,
 }
 
-/// Far enough ahead to mean "while the incident is open".
-const PIN_OPEN: Timestamp = Timestamp::from_millis(i64::MAX / 4);
+/// Said after a commit: to a device on its ack topic, or to the log.
+enum Notice {
+    Device {
+        device: String,
+        incident: EntityId,
+        state: &'static str,
+    },
+    Raised(Incident),
+    Joined(Incident),
+    Escalated(EntityId, i64),
+    Moved {
+        incident: EntityId,
+        from: IncidentState,
+        to: IncidentState,
+        actor: String,
+    },
+}
+
+/// A group commit being built: incidents as they stand after each effect.
+#[derive(Default)]
+struct Draft {
+    commit: AlarmCommit,
+    current: HashMap<EntityId, Incident>,
+    /// As stored before this commit; `None` for incidents it creates.
+    before: HashMap<EntityId, Option<Incident>>,
+    order: Vec<EntityId>,
+    notices: Vec<Notice>,
+}
 
 impl Shell {
     /// Hands the engine the incidents this node left open, so presses keep joining them.
@@ -250,8 +333,10 @@ impl Shell {
         mut self,
         mut rx: mpsc::UnboundedReceiver<Delivery>,
         mut desk: mpsc::Receiver<DeskRequest>,
+        mut cameras: mpsc::UnboundedReceiver<CameraStateChange>,
         shutdown: Shutdown,
     ) {
+        let mut prune = tokio::time::interval(Duration::from_secs(3600));
         loop {
             let deadline = self.engine.next_deadline();
             let sleep = deadline.map(|d| {
@@ -261,40 +346,102 @@ impl Shell {
                 _ = shutdown.cancelled() => break,
                 d = rx.recv() => match d {
                     None => break,
-                    Some(d) => self.delivery(d, &shutdown).await,
+                    Some(d) => {
+                        let mut batch = vec![d];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(d) => batch.push(d),
+                                Err(_) => break,
+                            }
+                        }
+                        self.deliveries(batch, &shutdown).await;
+                    }
                 },
                 Some((id, action, actor, note, reply)) = desk.recv() => {
                     let r = self.desk_action(id, action, actor, note).await;
                     let _ = reply.send(r);
                 }
+                Some(c) = cameras.recv() => {
+                    let mut batch = vec![c];
+                    while let Ok(c) = cameras.try_recv() {
+                        batch.push(c);
+                    }
+                    self.cameras(batch, &shutdown).await;
+                }
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => {
                     let now = self.clock.now();
-                    self.input(Input::Tick { now }, &shutdown).await;
+                    self.steps(vec![Input::Tick { now }], vec![], &shutdown).await;
+                }
+                _ = prune.tick() => {
+                    let before = Timestamp::from_millis(self.clock.now().as_millis() - self.events_keep_ms);
+                    match self.store.prune_events(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(events = n, "old events pruned"),
+                        Err(e) => tracing::warn!(err = %e.chain(), "cannot prune old events"),
+                    }
                 }
             }
         }
     }
 
-    /// Commits a delivery, retrying while the store is unavailable, then acknowledges it.
-    async fn delivery(&mut self, d: Delivery, shutdown: &Shutdown) {
-        let msg = match &d.message {
-            Err(r) => {
-                self.metrics
-                    .rejected
-                    .with_label_values(&[r.reason.as_str()])
-                    .inc();
-                tracing::warn!(device = r.device.as_deref().unwrap_or("-"), topic = %d.topic, reason = r.reason.as_str(), detail = %r.detail, "device message refused");
-                let _ = self.link.ack(&d).await;
-                return;
+    /// Stores a batch of device messages, runs them through the engine, commits what it
+    /// decided, and only then acknowledges them to the broker.
+    async fn deliveries(&mut self, batch: Vec<Delivery>, shutdown: &Shutdown) {
+        let mut accepted: Vec<(DeviceMessage, Delivery)> = Vec::with_capacity(batch.len());
+        for d in batch {
+            match &d.message {
+                Err(r) => {
+                    self.metrics
+                        .rejected
+                        .with_label_values(&[r.reason.as_str()])
+                        .inc();
+                    tracing::warn!(device = r.device.as_deref().unwrap_or("-"), topic = %d.topic, reason = r.reason.as_str(), detail = %r.detail, "device message refused");
+                    let _ = self.link.ack(&d).await;
+                }
+                Ok(m) => accepted.push((m.clone(), d)),
             }
-            Ok(m) => m.clone(),
-        };
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let mut statuses = Vec::with_capacity(accepted.len());
+        let mut signals = Vec::new();
+        for (m, d) in &accepted {
+            let (device, online, battery, rssi) = match m {
+                DeviceMessage::Alarm { device, alarm } => {
+                    signals.push(Signal {
+                        id: EntityId::new_at(now),
+                        node_id: self.node.clone(),
+                        source: SignalSource::Device,
+                        source_id: device.clone(),
+                        seq: Some(alarm.seq as i64),
+                        kind: format!("{:?}", alarm.kind).to_lowercase(),
+                        device_ts: Some(alarm.ts),
+                        received_at: now,
+                        payload: String::from_utf8_lossy(d.payload()).into_owned(),
+                    });
+                    (device, true, alarm.battery, None)
+                }
+                DeviceMessage::Heartbeat { device, heartbeat } => {
+                    (device, true, heartbeat.battery, heartbeat.rssi)
+                }
+                DeviceMessage::Status { device, online } => (device, *online, None, None),
+            };
+            statuses.push(DeviceStatus {
+                device_id: device.clone(),
+                at: now,
+                online: Some(online),
+                battery: battery.map(i64::from),
+                rssi: rssi.map(i64::from),
+            });
+        }
         let mut delay = Duration::from_millis(100);
-        loop {
-            match self.commit(&msg, &d, shutdown).await {
-                Ok(()) => break,
+        let inserted = loop {
+            match self.store.ingest_device_batch(&statuses, &signals).await {
+                Ok(r) => break r,
                 Err(e) => {
-                    tracing::error!(topic = %d.topic, err = %e.chain(), retry_in_ms = delay.as_millis() as u64, "cannot store a device message; it stays unacknowledged");
+                    tracing::error!(messages = accepted.len(), err = %e.chain(), retry_in_ms = delay.as_millis() as u64, "cannot store device messages; they stay unacknowledged");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
@@ -302,122 +449,143 @@ impl Shell {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-        if let Err(e) = self.link.ack(&d).await {
-            tracing::warn!(err = %e.chain(), "PUBACK not sent; the broker will deliver the message again");
-        }
-    }
-
-    async fn commit(
-        &mut self,
-        msg: &DeviceMessage,
-        d: &Delivery,
-        shutdown: &Shutdown,
-    ) -> Result<(), Error> {
-        let now = self.clock.now();
-        match msg {
-            DeviceMessage::Alarm { device, alarm } => {
-                self.metrics.messages.with_label_values(&["alarm"]).inc();
-                let kind = match alarm.kind {
-                    AlarmType::Panic => PressKind::Panic,
-                    AlarmType::Tamper => PressKind::Tamper,
-                    AlarmType::Test => PressKind::Test,
-                };
-                let signal = Signal {
-                    id: EntityId::new_at(now),
-                    node_id: self.node.clone(),
-                    source: SignalSource::Device,
-                    source_id: device.clone(),
-                    seq: Some(alarm.seq as i64),
-                    kind: format!("{:?}", alarm.kind).to_lowercase(),
-                    device_ts: Some(alarm.ts),
-                    received_at: now,
-                    payload: String::from_utf8_lossy(d.payload()).into_owned(),
-                };
-                self.store
-                    .record_device_status(&DeviceStatus {
-                        device_id: device.clone(),
+        };
+        let mut inputs = Vec::with_capacity(accepted.len());
+        let mut pressed: HashSet<EntityId> = HashSet::new();
+        let mut next_signal = 0;
+        for (m, _) in &accepted {
+            match m {
+                DeviceMessage::Alarm { device, alarm } => {
+                    self.metrics.messages.with_label_values(&["alarm"]).inc();
+                    let i = next_signal;
+                    next_signal += 1;
+                    let signal = match &inserted[i] {
+                        SignalInsert::Inserted => signals[i].id,
+                        SignalInsert::Duplicate(first) => {
+                            // Handled already (in this batch, or linked before)? Then ignore.
+                            // Stored before a crash but never linked: finish the job.
+                            let linked = pressed.contains(first)
+                                || matches!(
+                                    self.store.incident_of_signal(*first).await,
+                                    Ok(Some(_))
+                                );
+                            if linked {
+                                tracing::info!(device = %device, seq = alarm.seq, first = %first, "duplicate press ignored");
+                                continue;
+                            }
+                            tracing::warn!(device = %device, seq = alarm.seq, signal = %first, "redelivered press was stored but not handled; handling it now");
+                            *first
+                        }
+                    };
+                    pressed.insert(signal);
+                    inputs.push(Input::Press {
+                        signal,
+                        device: device.clone(),
+                        kind: match alarm.kind {
+                            AlarmType::Panic => PressKind::Panic,
+                            AlarmType::Tamper => PressKind::Tamper,
+                            AlarmType::Test => PressKind::Test,
+                        },
                         at: now,
-                        online: Some(true),
-                        battery: alarm.battery.map(i64::from),
-                        rssi: None,
-                    })
-                    .await?;
-                match self.store.insert_signal(&signal).await? {
-                    SignalInsert::Duplicate(first)
-                        if self.store.incident_of_signal(first).await?.is_some() =>
-                    {
-                        tracing::info!(device = %device, seq = alarm.seq, first = %first, "duplicate press ignored");
-                        Ok(())
-                    }
-                    SignalInsert::Duplicate(first) => {
-                        // Stored before a crash but never joined to an incident: finish the job.
-                        tracing::warn!(device = %device, seq = alarm.seq, signal = %first, "redelivered press was stored but not handled; handling it now");
-                        let input = Input::Press {
-                            signal: first,
-                            device: device.clone(),
-                            kind,
-                            at: now,
-                            battery: alarm.battery,
-                        };
-                        self.input_checked(input, shutdown).await
-                    }
-                    SignalInsert::Inserted => {
-                        let input = Input::Press {
-                            signal: signal.id,
-                            device: device.clone(),
-                            kind,
-                            at: now,
-                            battery: alarm.battery,
-                        };
-                        self.input_checked(input, shutdown).await
-                    }
+                        battery: alarm.battery,
+                    });
                 }
-            }
-            DeviceMessage::Heartbeat { device, heartbeat } => {
-                self.metrics
-                    .messages
-                    .with_label_values(&["heartbeat"])
-                    .inc();
-                self.store
-                    .record_device_status(&DeviceStatus {
-                        device_id: device.clone(),
-                        at: now,
-                        online: Some(true),
-                        battery: heartbeat.battery.map(i64::from),
-                        rssi: heartbeat.rssi.map(i64::from),
-                    })
-                    .await?;
-                self.input_checked(
-                    Input::Heartbeat {
+                DeviceMessage::Heartbeat { device, heartbeat } => {
+                    self.metrics
+                        .messages
+                        .with_label_values(&["heartbeat"])
+                        .inc();
+                    inputs.push(Input::Heartbeat {
                         device: device.clone(),
                         at: now,
                         battery: heartbeat.battery,
-                    },
-                    shutdown,
-                )
-                .await
-            }
-            DeviceMessage::Status { device, online } => {
-                self.metrics.messages.with_label_values(&["status"]).inc();
-                self.store
-                    .record_device_status(&DeviceStatus {
-                        device_id: device.clone(),
-                        at: now,
-                        online: Some(*online),
-                        battery: None,
-                        rssi: None,
-                    })
-                    .await?;
-                self.input_checked(
-                    Input::Status {
+                    });
+                }
+                DeviceMessage::Status { device, online } => {
+                    self.metrics.messages.with_label_values(&["status"]).inc();
+                    inputs.push(Input::Status {
                         device: device.clone(),
                         online: *online,
                         at: now,
-                    },
-                    shutdown,
-                )
-                .await
+                    });
+                }
+            }
+        }
+        if !self.steps(inputs, vec![], shutdown).await {
+            // Not committed (stopping): leave the messages unacknowledged for redelivery.
+            return;
+        }
+        for (_, d) in &accepted {
+            if let Err(e) = self.link.ack(d).await {
+                tracing::warn!(err = %e.chain(), "PUBACK not sent; the broker will deliver the message again");
+            }
+        }
+    }
+
+    /// Camera state changes: events for the stream, and online/offline for the engine.
+    async fn cameras(&mut self, batch: Vec<CameraStateChange>, shutdown: &Shutdown) {
+        let mut inputs = Vec::new();
+        let mut events = Vec::new();
+        for c in batch {
+            let payload = serde_json::json!({
+                "type": "camera",
+                "camera": c.camera_id,
+                "state": c.state.as_str(),
+                "last_error": c.last_error,
+                "at": c.at,
+            });
+            events.push(EventRecord {
+                id: EntityId::new_ordered(self.clock.now()),
+                node_id: self.node.clone(),
+                at: c.at,
+                topic: "camera".into(),
+                subject: c.camera_id.clone(),
+                payload: payload.to_string(),
+            });
+            let online = match c.state {
+                CameraState::Online => true,
+                CameraState::Offline => false,
+                _ => continue,
+            };
+            inputs.push(Input::Camera {
+                camera: c.camera_id,
+                online,
+                at: c.at,
+            });
+        }
+        self.steps(inputs, events, shutdown).await;
+    }
+
+    /// Runs inputs through the engine and commits the effects (with `extra` events), retrying
+    /// while the store is unavailable. `false` when stopping before the commit.
+    async fn steps(
+        &mut self,
+        inputs: Vec<Input>,
+        extra: Vec<EventRecord>,
+        shutdown: &Shutdown,
+    ) -> bool {
+        let mut effects = Vec::new();
+        for input in inputs {
+            match self.engine.handle(input) {
+                Ok(fx) => effects.extend(fx),
+                Err(e) => tracing::warn!(err = %e, "alarm engine refused an input"),
+            }
+        }
+        if effects.is_empty() && extra.is_empty() {
+            return true;
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.commit(&effects, &extra).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::error!(effects = effects.len(), err = %e.chain(), retry_in_ms = delay.as_millis() as u64, "alarm changes not stored yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
@@ -443,10 +611,19 @@ impl Shell {
             at,
         }) {
             Ok(effects) => {
-                for fx in effects {
-                    self.apply(fx).await?;
+                // A person waits on this: a few tries, then the error goes back to them.
+                let mut last = None;
+                for attempt in 0..3u32 {
+                    match self.commit(&effects, &[]).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            tracing::warn!(incident = %id, attempt, err = %e.chain(), "operator action not stored yet");
+                            last = Some(e);
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        }
+                    }
                 }
-                Ok(())
+                Err(last.unwrap_or_else(|| Error::new(ErrorKind::Internal, "no attempt made")))
             }
             Err(xueliang_alarm::ActionError::NotOpen(_)) => {
                 match self.store.get_incident(id).await? {
@@ -465,59 +642,84 @@ impl Shell {
         }
     }
 
-    async fn input(&mut self, input: Input, shutdown: &Shutdown) {
-        if let Err(e) = self.input_checked(input, shutdown).await {
-            tracing::error!(err = %e.chain(), "alarm engine step not stored");
-        }
-    }
-
-    async fn input_checked(&mut self, input: Input, _shutdown: &Shutdown) -> Result<(), Error> {
-        let effects = self
-            .engine
-            .handle(input)
-            .map_err(|e| Error::new(ErrorKind::FailedPrecondition, e.to_string()))?;
+    /// Writes effects as one group commit, then announces them: the event stream, the MQTT
+    /// events topic, the devices' ack topics and the log.
+    async fn commit(&mut self, effects: &[Effect], extra: &[EventRecord]) -> Result<(), Error> {
+        let mut draft = Draft::default();
         for fx in effects {
-            self.apply(fx).await?;
+            self.draft(&mut draft, fx).await?;
+        }
+        let now = self.clock.now();
+        let mut published = Vec::new();
+        for id in &draft.order {
+            let after = &draft.current[id];
+            let before = draft.before.get(id).cloned().flatten();
+            let kind = match (&before, after.state) {
+                (None, _) => "new",
+                (_, IncidentState::Resolved) => "end",
+                _ => "update",
+            };
+            let payload =
+                serde_json::json!({"type": kind, "before": before, "after": after}).to_string();
+            published.push(payload.clone());
+            draft.commit.events.push(EventRecord {
+                id: EntityId::new_ordered(now),
+                node_id: self.node.clone(),
+                at: now,
+                topic: "alarm".into(),
+                subject: id.to_string(),
+                payload,
+            });
+        }
+        draft.commit.events.extend(extra.iter().cloned());
+        if draft.commit.is_empty() {
+            return Ok(());
+        }
+        self.store.commit_alarms(&draft.commit).await?;
+        if !draft.commit.events.is_empty() {
+            self.events.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        for payload in published {
+            if let Err(e) = self
+                .link
+                .publish_event(EVENTS_TOPIC, payload.into_bytes())
+                .await
+            {
+                tracing::warn!(err = %e.chain(), "cannot publish an alarm event");
+            }
+        }
+        for n in draft.notices {
+            match n {
+                Notice::Device {
+                    device,
+                    incident,
+                    state,
+                } => self.tell_device(&device, incident, state).await,
+                Notice::Raised(i) => {
+                    self.metrics.incidents.with_label_values(&[&i.kind]).inc();
+                    tracing::warn!(incident = %i.id, kind = %i.kind, source = %i.source_id, priority = i.priority, title = %i.title, "incident raised");
+                }
+                Notice::Joined(i) => {
+                    tracing::info!(incident = %i.id, presses = i.signal_count, priority = i.priority, "press joined an open incident");
+                }
+                Notice::Escalated(id, level) => {
+                    tracing::warn!(incident = %id, level, "incident not acknowledged in time: escalated");
+                }
+                Notice::Moved {
+                    incident,
+                    from,
+                    to,
+                    actor,
+                } => {
+                    tracing::info!(incident = %incident, from = from.as_str(), to = to.as_str(), actor = %actor, "incident moved on");
+                }
+            }
         }
         Ok(())
     }
 
-    async fn update(
-        &self,
-        id: EntityId,
-        f: impl Fn(&Incident, &mut IncidentUpdate),
-    ) -> Result<Incident, Error> {
-        // The store's version check guards against another node; reread and retry once.
-        for _ in 0..3 {
-            let cur = self.store.get_incident(id).await?.ok_or_else(|| {
-                Error::new(ErrorKind::NotFound, format!("incident {id} is not stored"))
-            })?;
-            let mut u = IncidentUpdate {
-                id,
-                expected_version: cur.version,
-                at: self.clock.now(),
-                state: cur.state,
-                condition: cur.condition,
-                outcome: cur.outcome,
-                priority: cur.priority,
-                escalation_level: cur.escalation_level,
-                add_signals: vec![],
-                change: None,
-                outbox: vec![],
-            };
-            f(&cur, &mut u);
-            match self.store.update_incident(&u).await {
-                Err(e) if e.kind() == ErrorKind::FailedPrecondition => continue,
-                r => return r,
-            }
-        }
-        Err(Error::new(
-            ErrorKind::Unavailable,
-            format!("incident {id} keeps changing under us"),
-        ))
-    }
-
-    async fn apply(&mut self, fx: Effect) -> Result<(), Error> {
+    /// Adds one effect to the draft.
+    async fn draft(&self, d: &mut Draft, fx: &Effect) -> Result<(), Error> {
         match fx {
             Effect::Raised {
                 incident,
@@ -528,79 +730,89 @@ impl Shell {
                 signal,
                 at,
             } => {
-                let loc = self.locations.get(&source).copied();
-                self.store
-                    .create_incident(&NewIncident {
-                        incident: Incident {
-                            id: incident,
-                            node_id: self.node.clone(),
-                            kind: kind.as_str().into(),
-                            source_id: source.clone(),
-                            priority,
-                            condition: Condition::Active,
-                            state: IncidentState::Raised,
-                            outcome: None,
-                            title: title.clone(),
-                            lat: loc.map(|l| l.0),
-                            lon: loc.map(|l| l.1),
-                            opened_at: at,
-                            updated_at: at,
-                            resolved_at: None,
-                            escalation_level: 0,
-                            signal_count: i64::from(signal.is_some()),
-                            version: 1,
-                        },
-                        change: IncidentChange {
-                            id: EntityId::new_at(at),
-                            node_id: self.node.clone(),
-                            incident_id: incident,
-                            at,
-                            actor: "system".into(),
-                            from_state: None,
-                            to_state: IncidentState::Raised,
-                            outcome: None,
-                            note: None,
-                        },
-                        signals: signal.into_iter().collect(),
-                        outbox: vec![],
-                    })
-                    .await?;
-                self.metrics
-                    .incidents
-                    .with_label_values(&[kind.as_str()])
-                    .inc();
-                tracing::warn!(incident = %incident, kind = kind.as_str(), device = %source, priority, title = %title, "incident raised");
-                if matches!(
-                    kind,
-                    IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test
-                ) {
-                    self.tell_device(&source, incident, "received").await;
+                let loc = self.locations.get(source).copied();
+                let i = Incident {
+                    id: *incident,
+                    node_id: self.node.clone(),
+                    kind: kind.as_str().into(),
+                    source_id: source.clone(),
+                    priority: *priority,
+                    condition: Condition::Active,
+                    state: IncidentState::Raised,
+                    outcome: None,
+                    title: title.clone(),
+                    lat: loc.map(|l| l.0),
+                    lon: loc.map(|l| l.1),
+                    opened_at: *at,
+                    updated_at: *at,
+                    resolved_at: None,
+                    escalation_level: 0,
+                    signal_count: i64::from(signal.is_some()),
+                    version: 1,
+                };
+                d.commit.creates.push(NewIncident {
+                    incident: i.clone(),
+                    change: IncidentChange {
+                        id: EntityId::new_at(*at),
+                        node_id: self.node.clone(),
+                        incident_id: *incident,
+                        at: *at,
+                        actor: "system".into(),
+                        from_state: None,
+                        to_state: IncidentState::Raised,
+                        outcome: None,
+                        note: None,
+                    },
+                    signals: signal.iter().copied().collect(),
+                    outbox: vec![],
+                });
+                if is_press(kind.as_str()) {
+                    d.notices.push(Notice::Device {
+                        device: source.clone(),
+                        incident: *incident,
+                        state: "received",
+                    });
                 }
+                d.notices.push(Notice::Raised(i.clone()));
+                d.before.insert(*incident, None);
+                d.order.push(*incident);
+                d.current.insert(*incident, i);
             }
             Effect::Joined {
                 incident,
                 signal,
                 priority,
-                ..
+                at,
             } => {
-                let inc = self
-                    .update(incident, |_, u| {
-                        u.add_signals = vec![signal];
-                        u.priority = priority;
+                let i = self
+                    .patch(d, *incident, *at, |u| {
+                        u.add_signals.push(*signal);
+                        u.priority = *priority;
                     })
                     .await?;
-                tracing::info!(incident = %incident, presses = inc.signal_count, priority, "press joined an open incident");
-                self.tell_device(&inc.source_id, incident, "received").await;
+                d.notices.push(Notice::Device {
+                    device: i.source_id.clone(),
+                    incident: *incident,
+                    state: "received",
+                });
+                d.notices.push(Notice::Joined(i));
             }
             Effect::Escalated {
-                incident, level, ..
+                incident,
+                level,
+                at,
+                ..
             } => {
-                self.update(incident, |_, u| u.escalation_level = level)
+                self.patch(d, *incident, *at, |u| u.escalation_level = *level)
                     .await?;
-                tracing::warn!(incident = %incident, level, "incident not acknowledged in time: escalated");
+                d.notices.push(Notice::Escalated(*incident, *level));
             }
-            Effect::ConditionCleared { incident, .. } => {
-                self.update(incident, |_, u| u.condition = Condition::Cleared)
+            Effect::ConditionCleared { incident, at } => {
+                self.patch(d, *incident, *at, |u| u.condition = Condition::Cleared)
+                    .await?;
+            }
+            Effect::ConditionRaised { incident, at } => {
+                self.patch(d, *incident, *at, |u| u.condition = Condition::Active)
                     .await?;
             }
             Effect::Transitioned {
@@ -612,42 +824,107 @@ impl Shell {
                 at,
                 from,
             } => {
-                let inc = self
-                    .update(incident, |_, u| {
-                        u.state = to;
-                        u.outcome = outcome;
+                let node = self.node.clone();
+                let i = self
+                    .patch(d, *incident, *at, |u| {
+                        u.state = *to;
+                        u.outcome = *outcome;
                         u.change = Some(IncidentChange {
-                            id: EntityId::new_at(at),
-                            node_id: self.node.clone(),
-                            incident_id: incident,
-                            at,
+                            id: EntityId::new_at(*at),
+                            node_id: node.clone(),
+                            incident_id: *incident,
+                            at: *at,
                             actor: actor.clone(),
-                            from_state: Some(from),
-                            to_state: to,
-                            outcome,
+                            from_state: Some(*from),
+                            to_state: *to,
+                            outcome: *outcome,
                             note: note.clone(),
                         });
                     })
                     .await?;
-                tracing::info!(incident = %incident, from = from.as_str(), to = to.as_str(), actor = %actor, "incident moved on");
-                if matches!(inc.kind.as_str(), "panic" | "tamper" | "test") {
-                    self.tell_device(&inc.source_id, incident, to.as_str())
-                        .await;
+                if is_press(&i.kind) {
+                    d.notices.push(Notice::Device {
+                        device: i.source_id.clone(),
+                        incident: *incident,
+                        state: to.as_str(),
+                    });
                 }
+                d.notices.push(Notice::Moved {
+                    incident: *incident,
+                    from: *from,
+                    to: *to,
+                    actor: actor.clone(),
+                });
             }
             Effect::Footage {
                 camera,
                 from,
                 to,
                 incident,
-            } => {
-                let n = self.store.pin_segments(&camera, from, to, PIN_OPEN).await?;
-                tracing::debug!(incident = %incident, camera = %camera, segments = n, "footage pinned");
-            }
-            // Releasing pins after the hold needs per-incident pin records; pins stay meanwhile.
+            } => d.commit.clips.push(IncidentClip {
+                incident_id: *incident,
+                camera_id: camera.clone(),
+                from: *from,
+                to: *to,
+            }),
+            // Retention keeps a resolved incident's clips for the hold on its own (the store
+            // compares their incident's resolution time), so there is nothing to write.
             Effect::Released { .. } => {}
         }
         Ok(())
+    }
+
+    /// Adds an update of `id` to the draft, chained on the draft's version of it.
+    async fn patch(
+        &self,
+        d: &mut Draft,
+        id: EntityId,
+        at: Timestamp,
+        f: impl FnOnce(&mut IncidentUpdate),
+    ) -> Result<Incident, Error> {
+        let cur = match d.current.get(&id) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.store.get_incident(id).await?.ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, format!("incident {id} is not stored"))
+                })?;
+                d.before.insert(id, Some(c.clone()));
+                d.order.push(id);
+                c
+            }
+        };
+        let mut u = IncidentUpdate {
+            id,
+            expected_version: cur.version,
+            at,
+            state: cur.state,
+            condition: cur.condition,
+            outcome: cur.outcome,
+            priority: cur.priority,
+            escalation_level: cur.escalation_level,
+            add_signals: vec![],
+            change: None,
+            outbox: vec![],
+        };
+        f(&mut u);
+        // The row as the store's UPDATE will leave it.
+        let mut next = cur;
+        next.state = u.state;
+        next.condition = u.condition;
+        next.outcome = u.outcome;
+        next.priority = u.priority;
+        next.escalation_level = u.escalation_level;
+        next.updated_at = at;
+        next.resolved_at = if u.state == IncidentState::Resolved {
+            next.resolved_at.or(Some(at))
+        } else {
+            None
+        };
+        next.signal_count += u.add_signals.len() as i64;
+        next.version += 1;
+        d.commit.updates.push(u);
+        d.current.insert(id, next.clone());
+        Ok(next)
     }
 
     async fn tell_device(&self, device: &str, incident: EntityId, state: &str) {
@@ -659,4 +936,8 @@ impl Shell {
             tracing::warn!(device = %device, err = %e.chain(), "cannot send the device its acknowledgement");
         }
     }
+}
+
+fn is_press(kind: &str) -> bool {
+    matches!(kind, "panic" | "tamper" | "test")
 }

@@ -4,7 +4,7 @@
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-const DEFAULT_FILTER: &str = "info,sqlx=warn";
+const DEFAULT_FILTER: &str = "info,sqlx=warn,rumqttd=warn";
 
 /// Installs the global subscriber. Fails, naming the variable, on a bad filter or format.
 pub fn init() -> Result<(), String> {

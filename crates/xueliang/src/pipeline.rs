@@ -88,6 +88,7 @@ pub async fn start(
     registry: &prometheus::Registry,
     clock: Arc<dyn Clock>,
     shutdown: &Shutdown,
+    camera_changes: mpsc::UnboundedSender<CameraStateChange>,
 ) -> Result<Pipeline, Error> {
     let storage_dir = cfg.recordings_dir();
     let node = cfg.node.id.clone();
@@ -159,6 +160,8 @@ pub async fn start(
             if let Err(e) = state_store.set_camera_state(&c).await {
                 tracing::warn!(camera = %c.camera_id, err = %e.chain(), "cannot persist camera state");
             }
+            // On to the alarm engine and the event stream; gone when alarms have stopped.
+            let _ = camera_changes.send(c);
         }
     });
 
@@ -219,6 +222,7 @@ pub async fn start(
                 .collect(),
             max_bytes: cfg.storage.max_bytes.map(|b| b.0),
             min_free_bytes: cfg.storage.min_free_bytes.0,
+            clip_hold_ms: i64::from(cfg.alarms.footage_hold_days) * 86_400_000,
         },
         in_flight,
         free: Arc::new(Statvfs),

@@ -168,11 +168,30 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     let bound = listener
         .local_addr()
         .err_kind(ErrorKind::Internal, || "read bound address".into())?;
-    let pipeline =
-        crate::pipeline::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown).await?;
-    let alarms = crate::alarms::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown)?;
+    let (camera_tx, camera_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pipeline = crate::pipeline::start(
+        &cfg,
+        store.clone(),
+        &registry,
+        clock.clone(),
+        &shutdown,
+        camera_tx,
+    )
+    .await?;
     let mut state =
         xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
+    state.shutdown = shutdown.clone();
+    let alarms = crate::alarms::start(
+        &cfg,
+        store.clone(),
+        &registry,
+        clock.clone(),
+        &shutdown,
+        crate::alarms::Wiring {
+            events: state.events.clone(),
+            cameras: camera_rx,
+        },
+    )?;
     state.health = pipeline.health.clone();
     state.desk = alarms.as_ref().map(|a| a.desk.clone());
     state.storage = pipeline.storage.clone();

@@ -412,3 +412,68 @@ fn a_restored_incident_takes_presses_and_escalates_again() {
     );
     assert_eq!(raised(&press(&mut e, "btn-elder", 101)).len(), 1);
 }
+
+fn camera(e: &mut Engine, cam: &str, online: bool, at: i64) -> Vec<Effect> {
+    e.handle(Input::Camera {
+        camera: cam.into(),
+        online,
+        at: t(at),
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_camera_offline_past_the_policy_time_raises_one_incident() {
+    let mut e = Engine::new(Policy::default(), HashMap::new(), t(0));
+    assert!(camera(&mut e, "gate", false, 0).is_empty());
+    // A reconnect within the five minutes pages nobody.
+    assert!(camera(&mut e, "gate", true, 100).is_empty());
+    assert!(
+        tick(&mut e, 400)
+            .iter()
+            .all(|fx| !matches!(fx, Effect::Raised { .. }))
+    );
+    camera(&mut e, "gate", false, 500);
+    assert_eq!(e.next_deadline(), Some(t(800)));
+    assert!(raised(&tick(&mut e, 799)).is_empty());
+    let r = raised(&tick(&mut e, 800));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1, IncidentKind::CameraOffline);
+    let id = r[0].0;
+    // Further failures of the same outage add nothing.
+    assert!(camera(&mut e, "gate", false, 810).is_empty());
+    assert!(raised(&tick(&mut e, 2000)).is_empty());
+    // Back: the condition clears, the incident stays for a person.
+    let fx = camera(&mut e, "gate", true, 2100);
+    assert_eq!(
+        fx,
+        vec![Effect::ConditionCleared {
+            incident: id,
+            at: t(2100)
+        }]
+    );
+    assert!(e.open_incidents().iter().any(|(i, ..)| *i == id));
+    // Lost again while still open: the same incident becomes active again.
+    camera(&mut e, "gate", false, 2200);
+    let fx = tick(&mut e, 2500);
+    assert!(fx.contains(&Effect::ConditionRaised {
+        incident: id,
+        at: t(2500)
+    }));
+    assert!(raised(&fx).is_empty());
+}
+
+#[test]
+fn camera_faults_raise_nothing_when_the_policy_says_so() {
+    let mut e = Engine::new(
+        Policy {
+            camera_offline_after: None,
+            ..Policy::default()
+        },
+        HashMap::new(),
+        t(0),
+    );
+    camera(&mut e, "gate", false, 0);
+    assert_eq!(e.next_deadline(), None);
+    assert!(raised(&tick(&mut e, 100_000)).is_empty());
+}

@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub alarms: AlarmsConfig,
+    #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
@@ -150,6 +152,67 @@ impl Default for MqttConfig {
 }
 fn default_keepalive() -> u32 {
     30
+}
+
+impl MqttConfig {
+    /// The embedded broker's address; loopback only unless configured (devices on the LAN need
+    /// `listen = "0.0.0.0:1883"`).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .as_deref()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1883)))
+    }
+}
+
+/// `[alarms]`: how presses, device supervision and camera faults become incidents.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AlarmsConfig {
+    /// A press this soon after a device's last one joins its open incident.
+    pub join_seconds: u32,
+    /// This many presses within `burst_seconds` raise the incident's priority.
+    pub burst_presses: u32,
+    pub burst_seconds: u32,
+    /// Not acknowledged within this time: escalated and notified again.
+    pub ack_timeout_seconds: u32,
+    /// Devices send a heartbeat this often; `missed_heartbeats` missed ones mean offline.
+    pub heartbeat_seconds: u32,
+    pub missed_heartbeats: u32,
+    pub low_battery_percent: u8,
+    /// Footage attached to a press: from this long before it...
+    pub footage_pre_seconds: u32,
+    /// ...to this long after the last press, extended while the incident is open...
+    pub footage_post_seconds: u32,
+    /// ...and never longer than this in all.
+    pub footage_max_seconds: u32,
+    /// Attached footage is kept from retention until its incident is resolved and this many
+    /// days have passed.
+    pub footage_hold_days: u32,
+    /// A camera offline this long raises a `camera_offline` incident; 0 turns that off.
+    pub camera_offline_seconds: u32,
+    /// The event stream (`/api/v1/events`) can be resumed this far back.
+    pub events_keep_days: u32,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            join_seconds: 120,
+            burst_presses: 3,
+            burst_seconds: 60,
+            ack_timeout_seconds: 30,
+            heartbeat_seconds: 60,
+            missed_heartbeats: 3,
+            low_battery_percent: 20,
+            footage_pre_seconds: 60,
+            footage_post_seconds: 180,
+            footage_max_seconds: 900,
+            footage_hold_days: 30,
+            camera_offline_seconds: 300,
+            events_keep_days: 7,
+        }
+    }
 }
 
 /// `[api]`: the HTTP listener and its machine tokens.

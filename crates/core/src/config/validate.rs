@@ -19,6 +19,7 @@ pub(super) fn validate(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut P
     database(cfg, env, base, &root.key("database"), out);
     mqtt(cfg, env, base, &root.key("mqtt"), out);
     storage(cfg, &root.key("storage"), out);
+    alarms(&cfg.alarms, &root.key("alarms"), out);
     let camera_ids = cameras(cfg, env, base, out);
     devices(cfg, env, base, &camera_ids, out);
     api(cfg, env, base, &camera_ids, out);
@@ -248,6 +249,41 @@ fn mqtt(cfg: &mut Config, env: &dyn Env, base: &Path, p: &KeyPath, out: &mut Pro
         out.push((
             p.key("keepalive_seconds"),
             "must be between 5 and 3600".into(),
+        ));
+    }
+}
+
+fn alarms(a: &super::AlarmsConfig, p: &KeyPath, out: &mut Problems) {
+    for (key, v) in [
+        ("join_seconds", a.join_seconds),
+        ("burst_seconds", a.burst_seconds),
+        ("ack_timeout_seconds", a.ack_timeout_seconds),
+        ("heartbeat_seconds", a.heartbeat_seconds),
+        ("missed_heartbeats", a.missed_heartbeats),
+        ("footage_max_seconds", a.footage_max_seconds),
+        ("events_keep_days", a.events_keep_days),
+    ] {
+        if v == 0 {
+            out.push((p.key(key), "must be at least 1".into()));
+        }
+    }
+    if a.burst_presses < 2 {
+        out.push((p.key("burst_presses"), "must be at least 2".into()));
+    }
+    if a.low_battery_percent > 100 {
+        out.push((
+            p.key("low_battery_percent"),
+            "is a percentage (0-100)".into(),
+        ));
+    }
+    if a.footage_pre_seconds + a.footage_post_seconds > a.footage_max_seconds {
+        out.push((
+            p.key("footage_max_seconds"),
+            format!(
+                "{} is shorter than footage_pre_seconds + footage_post_seconds ({})",
+                a.footage_max_seconds,
+                a.footage_pre_seconds + a.footage_post_seconds
+            ),
         ));
     }
 }

@@ -353,6 +353,177 @@ async fn link_signals(
     Ok(())
 }
 
+async fn create_incident_tx(tx: &mut sqlx::Transaction<'_, Db>, new: &NewIncident) -> Result<()> {
+    let i = &new.incident;
+    sqlx::query(
+            "INSERT INTO incidents (id, node_id, kind, source_id, priority, condition, state, outcome, title, \
+             lat, lon, opened_ms, updated_ms, resolved_ms, escalation_level, signal_count, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1)",
+        )
+        .bind(i.id.to_string())
+        .bind(&i.node_id)
+        .bind(&i.kind)
+        .bind(&i.source_id)
+        .bind(i.priority)
+        .bind(i.condition.as_str())
+        .bind(i.state.as_str())
+        .bind(i.outcome.map(|o| o.as_str()))
+        .bind(&i.title)
+        .bind(i.lat)
+        .bind(i.lon)
+        .bind(i.opened_at.as_millis())
+        .bind(i.updated_at.as_millis())
+        .bind(i.resolved_at.map(Timestamp::as_millis))
+        .bind(i.escalation_level)
+        .bind(new.signals.len() as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("insert incident"))?;
+    insert_change(tx, &new.change).await?;
+    link_signals(tx, i.id, &new.signals).await?;
+    insert_outbox(tx, &new.outbox).await?;
+    Ok(())
+}
+
+/// Applies an update if the incident is still at its expected version; `false` when it is not.
+async fn update_incident_tx(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    u: &IncidentUpdate,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE incidents SET state = $1, condition = $2, outcome = $3, priority = $4, \
+             escalation_level = $5, updated_ms = $6, \
+             resolved_ms = CASE WHEN $1 = 'resolved' THEN COALESCE(resolved_ms, $6) ELSE NULL END, \
+             signal_count = signal_count + $7, version = version + 1 \
+             WHERE id = $8 AND version = $9",
+    )
+    .bind(u.state.as_str())
+    .bind(u.condition.as_str())
+    .bind(u.outcome.map(|o| o.as_str()))
+    .bind(u.priority)
+    .bind(u.escalation_level)
+    .bind(u.at.as_millis())
+    .bind(u.add_signals.len() as i64)
+    .bind(u.id.to_string())
+    .bind(u.expected_version)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("update incident"))?;
+    if r.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if let Some(c) = &u.change {
+        insert_change(tx, c).await?;
+    }
+    link_signals(tx, u.id, &u.add_signals).await?;
+    insert_outbox(tx, &u.outbox).await?;
+    Ok(true)
+}
+
+async fn upsert_clip(tx: &mut sqlx::Transaction<'_, Db>, c: &IncidentClip) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO incident_clips (incident_id, camera_id, from_ms, to_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (incident_id, camera_id) DO UPDATE SET \
+         from_ms = CASE WHEN excluded.from_ms < incident_clips.from_ms THEN excluded.from_ms ELSE incident_clips.from_ms END, \
+         to_ms = CASE WHEN excluded.to_ms > incident_clips.to_ms THEN excluded.to_ms ELSE incident_clips.to_ms END",
+    )
+    .bind(c.incident_id.to_string())
+    .bind(&c.camera_id)
+    .bind(c.from.as_millis())
+    .bind(c.to.as_millis())
+    .execute(&mut **tx)
+    .await
+    .map_err(db("attach clip"))?;
+    Ok(())
+}
+
+async fn insert_events(tx: &mut sqlx::Transaction<'_, Db>, events: &[EventRecord]) -> Result<()> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO events (id, node_id, at_ms, topic, subject, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(e.id.to_string())
+        .bind(&e.node_id)
+        .bind(e.at.as_millis())
+        .bind(&e.topic)
+        .bind(&e.subject)
+        .bind(&e.payload)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("insert event"))?;
+    }
+    Ok(())
+}
+
+fn event(row: &DbRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        at: ts(row, "at_ms")?,
+        topic: col(row, "topic")?,
+        subject: col(row, "subject")?,
+        payload: col(row, "payload")?,
+    })
+}
+
+async fn insert_signal_tx(tx: &mut sqlx::Transaction<'_, Db>, s: &Signal) -> Result<SignalInsert> {
+    let r = sqlx::query(
+        "INSERT INTO alarm_signals (id, node_id, source, source_id, seq, kind, device_ts_ms, received_ms, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, source_id, seq) DO NOTHING",
+    )
+    .bind(s.id.to_string())
+    .bind(&s.node_id)
+    .bind(s.source.as_str())
+    .bind(&s.source_id)
+    .bind(s.seq)
+    .bind(&s.kind)
+    .bind(s.device_ts.map(Timestamp::as_millis))
+    .bind(s.received_at.as_millis())
+    .bind(&s.payload)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert signal"))?;
+    if r.rows_affected() == 1 {
+        return Ok(SignalInsert::Inserted);
+    }
+    let row = sqlx::query(
+        "SELECT id FROM alarm_signals WHERE source = $1 AND source_id = $2 AND seq = $3",
+    )
+    .bind(s.source.as_str())
+    .bind(&s.source_id)
+    .bind(s.seq)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db("find duplicate signal"))?;
+    Ok(SignalInsert::Duplicate(id(&row, "id")?))
+}
+
+/// Returns whether the device is known (a status never moves a device's news backwards).
+async fn device_status_tx(tx: &mut sqlx::Transaction<'_, Db>, s: &DeviceStatus) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE devices SET online = COALESCE($2, online), battery = COALESCE($3, battery), \
+         rssi = COALESCE($4, rssi), last_seen_ms = $5, updated_ms = $5 \
+         WHERE id = $1 AND (last_seen_ms IS NULL OR last_seen_ms <= $5)",
+    )
+    .bind(&s.device_id)
+    .bind(s.online)
+    .bind(s.battery)
+    .bind(s.rssi)
+    .bind(s.at.as_millis())
+    .execute(&mut **tx)
+    .await
+    .map_err(db("update device status"))?;
+    if r.rows_affected() > 0 {
+        return Ok(true);
+    }
+    let exists = sqlx::query("SELECT 1 AS one FROM devices WHERE id = $1")
+        .bind(&s.device_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("find device"))?;
+    Ok(exists.is_some())
+}
+
 struct RunRow {
     id: String,
     start: i64,
@@ -603,6 +774,27 @@ async fn delete_segment_tx(tx: &mut sqlx::Transaction<'_, Db>, segment_id: Entit
     Ok(())
 }
 
+/// Why `u` did not apply, read inside its transaction (so that an incident created earlier in
+/// the same transaction counts as existing) before that transaction is rolled back.
+async fn version_conflict(tx: &mut sqlx::Transaction<'_, Db>, u: &IncidentUpdate) -> Error {
+    let row = sqlx::query("SELECT version FROM incidents WHERE id = $1")
+        .bind(u.id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("read incident version"));
+    match row.and_then(|r| r.as_ref().map(|r| col::<i64>(r, "version")).transpose()) {
+        Err(e) => e,
+        Ok(None) => Error::new(ErrorKind::NotFound, format!("no incident {}", u.id)),
+        Ok(Some(version)) => Error::new(
+            ErrorKind::FailedPrecondition,
+            format!(
+                "incident {} changed meanwhile (version {}, expected {}); reload and retry",
+                u.id, version, u.expected_version
+            ),
+        ),
+    }
+}
+
 #[async_trait]
 impl crate::Store for StoreImpl {
     fn backend(&self) -> Backend {
@@ -824,20 +1016,25 @@ impl crate::Store for StoreImpl {
         camera_id: Option<&str>,
         before: Option<Timestamp>,
         now: Timestamp,
+        clip_hold_ms: i64,
         limit: u32,
     ) -> Result<Vec<Segment>> {
         let rows = sqlx::query(
-            "SELECT id, node_id, camera_id, stream, start_ms, end_ms, bytes, frames, path, sha256, \
-             pinned_until_ms, created_ms FROM recording_segments \
-             WHERE (CAST($1 AS TEXT) IS NULL OR camera_id = $1) \
-             AND (CAST($2 AS BIGINT) IS NULL OR start_ms < $2) \
-             AND (pinned_until_ms IS NULL OR pinned_until_ms <= $3) \
-             ORDER BY start_ms, id LIMIT $4",
+            "SELECT s.id, s.node_id, s.camera_id, s.stream, s.start_ms, s.end_ms, s.bytes, s.frames, \
+             s.path, s.sha256, s.pinned_until_ms, s.created_ms FROM recording_segments s \
+             WHERE (CAST($1 AS TEXT) IS NULL OR s.camera_id = $1) \
+             AND (CAST($2 AS BIGINT) IS NULL OR s.start_ms < $2) \
+             AND (s.pinned_until_ms IS NULL OR s.pinned_until_ms <= $3) \
+             AND NOT EXISTS (SELECT 1 FROM incident_clips c JOIN incidents i ON i.id = c.incident_id \
+                 WHERE c.camera_id = s.camera_id AND c.from_ms < s.end_ms AND c.to_ms > s.start_ms \
+                 AND (i.resolved_ms IS NULL OR i.resolved_ms > $3 - $5)) \
+             ORDER BY s.start_ms, s.id LIMIT $4",
         )
         .bind(camera_id)
         .bind(before.map(Timestamp::as_millis))
         .bind(now.as_millis())
         .bind(i64::from(limit.max(1)))
+        .bind(clip_hold_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(db("list oldest segments"))?;
@@ -922,33 +1119,14 @@ impl crate::Store for StoreImpl {
     }
 
     async fn record_device_status(&self, s: &DeviceStatus) -> Result<()> {
-        let r = sqlx::query(
-            "UPDATE devices SET online = COALESCE($2, online), battery = COALESCE($3, battery), \
-             rssi = COALESCE($4, rssi), last_seen_ms = $5, updated_ms = $5 \
-             WHERE id = $1 AND (last_seen_ms IS NULL OR last_seen_ms <= $5)",
-        )
-        .bind(&s.device_id)
-        .bind(s.online)
-        .bind(s.battery)
-        .bind(s.rssi)
-        .bind(s.at.as_millis())
-        .execute(&self.pool)
-        .await
-        .map_err(db("update device status"))?;
-        if r.rows_affected() == 0 {
-            // Either unknown, or older than what we have (kept: news does not go backwards).
-            let exists = sqlx::query("SELECT 1 AS one FROM devices WHERE id = $1")
-                .bind(&s.device_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("find device"))?;
-            if exists.is_none() {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("no device {:?}", s.device_id),
-                ));
-            }
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        if !device_status_tx(&mut tx, s).await? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no device {:?}", s.device_id),
+            ));
         }
+        tx.commit().await.map_err(db("commit device status"))?;
         Ok(())
     }
 
@@ -991,35 +1169,10 @@ impl crate::Store for StoreImpl {
     }
 
     async fn insert_signal(&self, s: &Signal) -> Result<SignalInsert> {
-        let r = sqlx::query(
-            "INSERT INTO alarm_signals (id, node_id, source, source_id, seq, kind, device_ts_ms, received_ms, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, source_id, seq) DO NOTHING",
-        )
-        .bind(s.id.to_string())
-        .bind(&s.node_id)
-        .bind(s.source.as_str())
-        .bind(&s.source_id)
-        .bind(s.seq)
-        .bind(&s.kind)
-        .bind(s.device_ts.map(Timestamp::as_millis))
-        .bind(s.received_at.as_millis())
-        .bind(&s.payload)
-        .execute(&self.pool)
-        .await
-        .map_err(db("insert signal"))?;
-        if r.rows_affected() == 1 {
-            return Ok(SignalInsert::Inserted);
-        }
-        let row = sqlx::query(
-            "SELECT id FROM alarm_signals WHERE source = $1 AND source_id = $2 AND seq = $3",
-        )
-        .bind(s.source.as_str())
-        .bind(&s.source_id)
-        .bind(s.seq)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("find duplicate signal"))?;
-        Ok(SignalInsert::Duplicate(id(&row, "id")?))
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let r = insert_signal_tx(&mut tx, s).await?;
+        tx.commit().await.map_err(db("commit signal"))?;
+        Ok(r)
     }
 
     async fn get_signal(&self, signal_id: EntityId) -> Result<Option<Signal>> {
@@ -1042,78 +1195,17 @@ impl crate::Store for StoreImpl {
     }
 
     async fn create_incident(&self, new: &NewIncident) -> Result<()> {
-        let i = &new.incident;
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query(
-            "INSERT INTO incidents (id, node_id, kind, source_id, priority, condition, state, outcome, title, \
-             lat, lon, opened_ms, updated_ms, resolved_ms, escalation_level, signal_count, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1)",
-        )
-        .bind(i.id.to_string())
-        .bind(&i.node_id)
-        .bind(&i.kind)
-        .bind(&i.source_id)
-        .bind(i.priority)
-        .bind(i.condition.as_str())
-        .bind(i.state.as_str())
-        .bind(i.outcome.map(|o| o.as_str()))
-        .bind(&i.title)
-        .bind(i.lat)
-        .bind(i.lon)
-        .bind(i.opened_at.as_millis())
-        .bind(i.updated_at.as_millis())
-        .bind(i.resolved_at.map(Timestamp::as_millis))
-        .bind(i.escalation_level)
-        .bind(new.signals.len() as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("insert incident"))?;
-        insert_change(&mut tx, &new.change).await?;
-        link_signals(&mut tx, i.id, &new.signals).await?;
-        insert_outbox(&mut tx, &new.outbox).await?;
+        create_incident_tx(&mut tx, new).await?;
         tx.commit().await.map_err(db("commit incident"))?;
         Ok(())
     }
 
     async fn update_incident(&self, u: &IncidentUpdate) -> Result<Incident> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        let r = sqlx::query(
-            "UPDATE incidents SET state = $1, condition = $2, outcome = $3, priority = $4, \
-             escalation_level = $5, updated_ms = $6, \
-             resolved_ms = CASE WHEN $1 = 'resolved' THEN COALESCE(resolved_ms, $6) ELSE NULL END, \
-             signal_count = signal_count + $7, version = version + 1 \
-             WHERE id = $8 AND version = $9",
-        )
-        .bind(u.state.as_str())
-        .bind(u.condition.as_str())
-        .bind(u.outcome.map(|o| o.as_str()))
-        .bind(u.priority)
-        .bind(u.escalation_level)
-        .bind(u.at.as_millis())
-        .bind(u.add_signals.len() as i64)
-        .bind(u.id.to_string())
-        .bind(u.expected_version)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("update incident"))?;
-        if r.rows_affected() == 0 {
-            drop(tx);
-            return Err(match self.get_incident(u.id).await? {
-                None => Error::new(ErrorKind::NotFound, format!("no incident {}", u.id)),
-                Some(cur) => Error::new(
-                    ErrorKind::FailedPrecondition,
-                    format!(
-                        "incident {} changed meanwhile (version {}, expected {}); reload and retry",
-                        u.id, cur.version, u.expected_version
-                    ),
-                ),
-            });
+        if !update_incident_tx(&mut tx, u).await? {
+            return Err(version_conflict(&mut tx, u).await);
         }
-        if let Some(c) = &u.change {
-            insert_change(&mut tx, c).await?;
-        }
-        link_signals(&mut tx, u.id, &u.add_signals).await?;
-        insert_outbox(&mut tx, &u.outbox).await?;
         tx.commit().await.map_err(db("commit incident update"))?;
         self.get_incident(u.id)
             .await?
@@ -1183,6 +1275,99 @@ impl crate::Store for StoreImpl {
             .await
             .map_err(db("list incident signals"))?;
         rows.iter().map(signal).collect()
+    }
+
+    async fn ingest_device_batch(
+        &self,
+        statuses: &[DeviceStatus],
+        signals: &[Signal],
+    ) -> Result<Vec<SignalInsert>> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for st in statuses {
+            device_status_tx(&mut tx, st).await?;
+        }
+        let mut out = Vec::with_capacity(signals.len());
+        for sig in signals {
+            out.push(insert_signal_tx(&mut tx, sig).await?);
+        }
+        tx.commit().await.map_err(db("commit device batch"))?;
+        Ok(out)
+    }
+
+    async fn commit_alarms(&self, c: &AlarmCommit) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for n in &c.creates {
+            create_incident_tx(&mut tx, n).await?;
+        }
+        for u in &c.updates {
+            if !update_incident_tx(&mut tx, u).await? {
+                return Err(version_conflict(&mut tx, u).await);
+            }
+        }
+        for clip in &c.clips {
+            upsert_clip(&mut tx, clip).await?;
+        }
+        insert_events(&mut tx, &c.events).await?;
+        tx.commit().await.map_err(db("commit alarms"))?;
+        Ok(())
+    }
+
+    async fn incident_clips(&self, incident_id: EntityId) -> Result<Vec<IncidentClip>> {
+        let rows = sqlx::query(
+            "SELECT incident_id, camera_id, from_ms, to_ms FROM incident_clips \
+             WHERE incident_id = $1 ORDER BY camera_id",
+        )
+        .bind(incident_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list incident clips"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(IncidentClip {
+                    incident_id: id(r, "incident_id")?,
+                    camera_id: col(r, "camera_id")?,
+                    from: ts(r, "from_ms")?,
+                    to: ts(r, "to_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_events(&self, events: &[EventRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(db("commit events"))?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: EntityId, limit: u32) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, at_ms, topic, subject, payload FROM events WHERE id > $1 \
+             ORDER BY id LIMIT $2",
+        )
+        .bind(after.to_string())
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list events"))?;
+        rows.iter().map(event).collect()
+    }
+
+    async fn latest_event_id(&self) -> Result<Option<EntityId>> {
+        let row = sqlx::query("SELECT id FROM events ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("find latest event"))?;
+        row.as_ref().map(|r| id(r, "id")).transpose()
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM events WHERE at_ms < $1")
+            .bind(before.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(db("prune events"))?;
+        Ok(r.rows_affected())
     }
 
     async fn enqueue_outbox(&self, entries: &[OutboxEntry]) -> Result<()> {
