@@ -94,9 +94,10 @@ impl EntityId {
         EntityId(Uuid::new_v7(ts))
     }
 
-    /// Like [`EntityId::new_at`], but ids made by this process also sort in the order they were
-    /// made within a millisecond (a counter instead of random bits): for streams that resume
-    /// after the last id a reader saw.
+    /// Like [`EntityId::new_at`], but ids made by this process always sort in the order they
+    /// were made (a counter instead of random bits within a millisecond; an `at` earlier than
+    /// the last id's time is moved up to it): for streams that resume after the last id a
+    /// reader saw.
     pub fn new_ordered(at: crate::Timestamp) -> Self {
         static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
             std::sync::Mutex::new(uuid::ContextV7::new());

@@ -61,6 +61,12 @@ contract!(
     api_tokens_sync_hashed,
     retention_queries_respect_pins,
     runs_merge_back_to_back_segments,
+    device_batch_deduplicates_and_keeps_device_news,
+    alarm_commit_rolls_back_entirely_on_version_conflict,
+    alarm_commit_chains_updates_of_one_incident,
+    incident_clips_only_widen,
+    retention_holds_incident_clips,
+    events_page_in_id_order_and_prune_by_age,
 );
 
 async fn migrations_are_idempotent(s: Arc<dyn Store>, _db: &TestDb) {
@@ -840,7 +846,7 @@ async fn retention_queries_respect_pins(s: Arc<dyn Store>, _db: &TestDb) {
     );
 
     let oldest = s
-        .oldest_unpinned_segments(None, None, t(200_000), 10)
+        .oldest_unpinned_segments(None, None, t(200_000), 0, 10)
         .await
         .unwrap();
     let starts: Vec<_> = oldest
@@ -852,13 +858,13 @@ async fn retention_queries_respect_pins(s: Arc<dyn Store>, _db: &TestDb) {
         [("gate", t(0)), ("yard", t(30_000)), ("gate", t(120_000))]
     );
     let gate_old = s
-        .oldest_unpinned_segments(Some("gate"), Some(t(100_000)), t(200_000), 10)
+        .oldest_unpinned_segments(Some("gate"), Some(t(100_000)), t(200_000), 0, 10)
         .await
         .unwrap();
     assert_eq!(gate_old.len(), 1);
     // Once the pin expires, the segment is fair game again.
     let later = s
-        .oldest_unpinned_segments(Some("gate"), None, t(86_400_001), 10)
+        .oldest_unpinned_segments(Some("gate"), None, t(86_400_001), 0, 10)
         .await
         .unwrap();
     assert_eq!(later.len(), 3);
@@ -984,4 +990,747 @@ async fn runs_merge_back_to_back_segments(s: Arc<dyn Store>, _db: &TestDb) {
             .is_empty()
     );
     assert_eq!(runs_of(s.clone()).await.len(), 1);
+}
+
+fn device(id: &str) -> DeviceUpsert {
+    DeviceUpsert {
+        id: id.into(),
+        name: None,
+        lat: None,
+        lon: None,
+        cameras: vec![],
+    }
+}
+
+fn report(device: &str, at: i64, online: Option<bool>, battery: Option<i64>) -> DeviceStatus {
+    DeviceStatus {
+        device_id: device.into(),
+        at: t(at),
+        online,
+        battery,
+        rssi: None,
+    }
+}
+
+fn device_state(list: &[DeviceRecord], id: &str) -> (Option<bool>, Option<i64>, Option<Timestamp>) {
+    let d = list.iter().find(|d| d.id == id).expect("device listed");
+    (d.online, d.battery, d.last_seen)
+}
+
+async fn device_batch_deduplicates_and_keeps_device_news(s: Arc<dyn Store>, _db: &TestDb) {
+    s.sync_devices(&[device("btn-1"), device("btn-2")], t(0))
+        .await
+        .unwrap();
+    let stored = press(1, 0);
+    s.insert_signal(&stored).await.unwrap();
+
+    let redelivered = press(1, 100);
+    let two = press(2, 200);
+    let two_again = press(2, 300);
+    let three = press(3, 400);
+    let motion = |at| Signal {
+        source: SignalSource::Motion,
+        source_id: "gate".into(),
+        seq: None,
+        kind: "motion".into(),
+        ..press(0, at)
+    };
+    let (m1, m2) = (motion(500), motion(501));
+    let statuses = [
+        report("btn-1", 2000, Some(true), Some(80)),
+        report("ghost", 2000, Some(true), Some(1)),
+        // Older than the report before it in the same batch: ignored.
+        report("btn-1", 1500, Some(false), Some(10)),
+        report("btn-2", 1000, Some(true), None),
+    ];
+    let got = s
+        .ingest_device_batch(
+            &statuses,
+            &[
+                redelivered.clone(),
+                two.clone(),
+                two_again.clone(),
+                three.clone(),
+                m1.clone(),
+                m2.clone(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        [
+            SignalInsert::Duplicate(stored.id),
+            SignalInsert::Inserted,
+            SignalInsert::Duplicate(two.id),
+            SignalInsert::Inserted,
+            SignalInsert::Inserted,
+            SignalInsert::Inserted,
+        ]
+    );
+    assert!(s.get_signal(redelivered.id).await.unwrap().is_none());
+    assert!(s.get_signal(two_again.id).await.unwrap().is_none());
+    for sig in [&stored, &two, &three, &m1, &m2] {
+        assert_eq!(s.get_signal(sig.id).await.unwrap().as_ref(), Some(sig));
+    }
+    let devices = s.list_devices().await.unwrap();
+    assert_eq!(devices.len(), 2, "an unknown device is not created");
+    assert_eq!(
+        device_state(&devices, "btn-1"),
+        (Some(true), Some(80), Some(t(2000)))
+    );
+    assert_eq!(
+        device_state(&devices, "btn-2"),
+        (Some(true), None, Some(t(1000)))
+    );
+
+    // A later batch: a late report is ignored, a newer one without `online` keeps it.
+    let got = s
+        .ingest_device_batch(
+            &[
+                report("btn-1", 1800, Some(false), Some(5)),
+                report("btn-2", 3000, None, Some(60)),
+            ],
+            &[press(3, 3000)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, [SignalInsert::Duplicate(three.id)]);
+    let devices = s.list_devices().await.unwrap();
+    assert_eq!(
+        device_state(&devices, "btn-1"),
+        (Some(true), Some(80), Some(t(2000)))
+    );
+    assert_eq!(
+        device_state(&devices, "btn-2"),
+        (Some(true), Some(60), Some(t(3000)))
+    );
+
+    // One transaction: a failing signal (its id is taken) leaves neither the statuses nor the
+    // signals before it.
+    let fresh = press(10, 4000);
+    let clash = Signal {
+        seq: Some(11),
+        ..fresh.clone()
+    };
+    assert!(
+        s.ingest_device_batch(
+            &[report("btn-2", 5000, Some(false), Some(1))],
+            &[fresh.clone(), clash],
+        )
+        .await
+        .is_err()
+    );
+    assert!(s.get_signal(fresh.id).await.unwrap().is_none());
+    let devices = s.list_devices().await.unwrap();
+    assert_eq!(
+        device_state(&devices, "btn-2"),
+        (Some(true), Some(60), Some(t(3000)))
+    );
+    assert_eq!(
+        s.ingest_device_batch(&[], std::slice::from_ref(&fresh))
+            .await
+            .unwrap(),
+        [SignalInsert::Inserted]
+    );
+}
+
+fn nil_id() -> EntityId {
+    "00000000-0000-0000-0000-000000000000".parse().unwrap()
+}
+
+fn ev(at: i64, topic: &str, subject: &str, body: &str) -> EventRecord {
+    EventRecord {
+        id: EntityId::new_ordered(t(at)),
+        node_id: NODE.into(),
+        at: t(at),
+        topic: topic.into(),
+        subject: subject.into(),
+        payload: format!(r#"{{"what":"{body}"}}"#),
+    }
+}
+
+fn clip(inc: &Incident, camera: &str, from: i64, to: i64) -> IncidentClip {
+    IncidentClip {
+        incident_id: inc.id,
+        camera_id: camera.into(),
+        from: t(from),
+        to: t(to),
+    }
+}
+
+/// The incident as a successful `update` leaves it (for chaining the next update).
+fn applied(inc: &Incident, update: &IncidentUpdate) -> Incident {
+    Incident {
+        version: inc.version + 1,
+        state: update.state,
+        outcome: update.outcome,
+        ..inc.clone()
+    }
+}
+
+async fn all_events(s: &Arc<dyn Store>) -> Vec<EventRecord> {
+    s.events_after(nil_id(), 1000).await.unwrap()
+}
+
+async fn alarm_commit_rolls_back_entirely_on_version_conflict(s: Arc<dyn Store>, _db: &TestDb) {
+    s.sync_cameras(&[cam("gate")], t(0)).await.unwrap();
+    let x = new_incident(0, 1, vec![], vec![]);
+    let z = new_incident(1, 2, vec![], vec![]);
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![x.clone(), z.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Another writer moves z on: our copy of it is now stale.
+    let z_ack = step(&z.incident, 500, IncidentState::Acknowledged, None, vec![]);
+    s.update_incident(&z_ack).await.unwrap();
+
+    let sig = press(5, 1000);
+    s.insert_signal(&sig).await.unwrap();
+    let y = new_incident(
+        1000,
+        1,
+        vec![sig.id],
+        vec![ob("skynet-mqtt", "inc", 1, 1000, "raised")],
+    );
+    let x_ack = step(&x.incident, 1001, IncidentState::Acknowledged, None, vec![]);
+    let z_stale = step(&z.incident, 1002, IncidentState::Dispatched, None, vec![]);
+    let doomed = AlarmCommit {
+        creates: vec![y.clone()],
+        updates: vec![x_ack.clone(), z_stale],
+        clips: vec![
+            clip(&y.incident, "gate", 0, 60_000),
+            clip(&x.incident, "gate", 0, 60_000),
+        ],
+        events: vec![
+            ev(1000, "alarm", "y", "raised"),
+            ev(1001, "alarm", "x", "ack"),
+        ],
+    };
+    let e = s.commit_alarms(&doomed).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{}", e.message());
+
+    assert!(s.get_incident(y.incident.id).await.unwrap().is_none());
+    assert!(s.incident_changes(y.incident.id).await.unwrap().is_empty());
+    assert!(s.incident_clips(y.incident.id).await.unwrap().is_empty());
+    assert_eq!(s.incident_of_signal(sig.id).await.unwrap(), None);
+    assert!(
+        s.pending_outbox("skynet-mqtt", t(10_000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The update that did apply before the conflict is undone too.
+    let x_now = s.get_incident(x.incident.id).await.unwrap().unwrap();
+    assert_eq!((x_now.version, x_now.state), (1, IncidentState::Raised));
+    assert_eq!(s.incident_changes(x.incident.id).await.unwrap().len(), 1);
+    assert!(s.incident_clips(x.incident.id).await.unwrap().is_empty());
+    let z_now = s.get_incident(z.incident.id).await.unwrap().unwrap();
+    assert_eq!(
+        (z_now.version, z_now.state),
+        (2, IncidentState::Acknowledged)
+    );
+    assert!(all_events(&s).await.is_empty());
+    assert_eq!(s.latest_event_id().await.unwrap(), None);
+
+    // A stale update of an incident created in the same commit is a conflict as well.
+    let w = new_incident(2000, 1, vec![], vec![]);
+    let skipped = IncidentUpdate {
+        expected_version: 2,
+        ..step(&w.incident, 2001, IncidentState::Acknowledged, None, vec![])
+    };
+    let e = s
+        .commit_alarms(&AlarmCommit {
+            creates: vec![w.clone()],
+            updates: vec![skipped],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{}", e.message());
+    assert!(s.get_incident(w.incident.id).await.unwrap().is_none());
+
+    // The same commit without the stale update goes through whole.
+    let retry = AlarmCommit {
+        updates: vec![x_ack],
+        ..doomed
+    };
+    s.commit_alarms(&retry).await.unwrap();
+    assert_eq!(
+        s.get_incident(y.incident.id).await.unwrap().unwrap(),
+        y.incident
+    );
+    assert_eq!(
+        s.incident_of_signal(sig.id).await.unwrap(),
+        Some(y.incident.id)
+    );
+    assert_eq!(
+        s.get_incident(x.incident.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(
+        s.incident_clips(y.incident.id).await.unwrap(),
+        retry.clips[..1]
+    );
+    assert_eq!(all_events(&s).await, retry.events);
+    assert_eq!(
+        s.pending_outbox("skynet-mqtt", t(10_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn alarm_commit_chains_updates_of_one_incident(s: Arc<dyn Store>, _db: &TestDb) {
+    // Created and moved on in one commit: the update expects the version the create made.
+    let a = new_incident(0, 1, vec![], vec![]);
+    let a_ack = step(&a.incident, 10, IncidentState::Acknowledged, None, vec![]);
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![a.clone()],
+        updates: vec![a_ack.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = s.get_incident(a.incident.id).await.unwrap().unwrap();
+    assert_eq!((got.version, got.state), (2, IncidentState::Acknowledged));
+
+    // Three steps of one incident in one commit: versions v, v+1, v+2.
+    let inc = applied(&a.incident, &a_ack);
+    let sig = press(9, 1000);
+    s.insert_signal(&sig).await.unwrap();
+    let mut join = step(&inc, 1000, IncidentState::Acknowledged, None, vec![]);
+    join.change = None;
+    join.add_signals = vec![sig.id];
+    let inc = applied(&inc, &join);
+    let dispatch = step(
+        &inc,
+        2000,
+        IncidentState::Dispatched,
+        None,
+        vec![ob("skynet-mqtt", "inc", 1, 2000, "dispatched")],
+    );
+    let inc = applied(&inc, &dispatch);
+    let resolve = step(
+        &inc,
+        3000,
+        IncidentState::Resolved,
+        Some(Outcome::Genuine),
+        vec![],
+    );
+    assert_eq!(
+        (
+            join.expected_version,
+            dispatch.expected_version,
+            resolve.expected_version
+        ),
+        (2, 3, 4)
+    );
+    s.commit_alarms(&AlarmCommit {
+        updates: vec![join, dispatch, resolve],
+        events: vec![ev(3000, "alarm", "a", "resolved")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = s.get_incident(a.incident.id).await.unwrap().unwrap();
+    assert_eq!(got.version, 5);
+    assert_eq!(got.state, IncidentState::Resolved);
+    assert_eq!(got.outcome, Some(Outcome::Genuine));
+    assert_eq!(got.resolved_at, Some(t(3000)));
+    assert_eq!(got.updated_at, t(3000));
+    assert_eq!(got.signal_count, 1);
+    assert_eq!(
+        s.incident_changes(a.incident.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.to_state)
+            .collect::<Vec<_>>(),
+        [
+            IncidentState::Raised,
+            IncidentState::Acknowledged,
+            IncidentState::Dispatched,
+            IncidentState::Resolved
+        ]
+    );
+    assert_eq!(
+        s.incident_of_signal(sig.id).await.unwrap(),
+        Some(a.incident.id)
+    );
+    assert_eq!(
+        s.pending_outbox("skynet-mqtt", t(10_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(all_events(&s).await.len(), 1);
+
+    // Replaying an update that already applied is a conflict, and reports the current version.
+    let e = s
+        .commit_alarms(&AlarmCommit {
+            updates: vec![step(&inc, 4000, IncidentState::Resolved, None, vec![])],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+    assert!(
+        e.message().contains("version 5, expected 4"),
+        "{}",
+        e.message()
+    );
+    // An update of an incident that does not exist is not a conflict.
+    let ghost = IncidentUpdate {
+        id: eid(99),
+        ..step(&a.incident, 5000, IncidentState::Acknowledged, None, vec![])
+    };
+    let e = s
+        .commit_alarms(&AlarmCommit {
+            updates: vec![ghost],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(s.commit_alarms(&AlarmCommit::default()).await.is_ok());
+}
+
+async fn incident_clips_only_widen(s: Arc<dyn Store>, _db: &TestDb) {
+    s.sync_cameras(&[cam("gate"), cam("yard")], t(0))
+        .await
+        .unwrap();
+    let a = new_incident(0, 1, vec![], vec![]);
+    let b = new_incident(1, 1, vec![], vec![]);
+    let inc = a.incident.clone();
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![a.clone(), b.clone()],
+        clips: vec![
+            clip(&inc, "yard", 100_000, 200_000),
+            clip(&inc, "gate", 100_000, 200_000),
+            clip(&b.incident, "gate", 0, 10),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let clips_of = |s: Arc<dyn Store>, id| async move { s.incident_clips(id).await.unwrap() };
+    assert_eq!(
+        clips_of(s.clone(), inc.id).await,
+        [
+            clip(&inc, "gate", 100_000, 200_000),
+            clip(&inc, "yard", 100_000, 200_000)
+        ]
+    );
+
+    let attach = |clips: Vec<IncidentClip>| AlarmCommit {
+        clips,
+        ..Default::default()
+    };
+    // Narrower: nothing shrinks.
+    s.commit_alarms(&attach(vec![clip(&inc, "gate", 120_000, 180_000)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        clips_of(s.clone(), inc.id).await[0],
+        clip(&inc, "gate", 100_000, 200_000)
+    );
+    // Overlapping on one side: only that end moves.
+    s.commit_alarms(&attach(vec![clip(&inc, "gate", 90_000, 150_000)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        clips_of(s.clone(), inc.id).await[0],
+        clip(&inc, "gate", 90_000, 200_000)
+    );
+    s.commit_alarms(&attach(vec![clip(&inc, "gate", 150_000, 230_000)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        clips_of(s.clone(), inc.id).await[0],
+        clip(&inc, "gate", 90_000, 230_000)
+    );
+    // Wider on both sides, twice in one commit: both ends move, to the widest.
+    s.commit_alarms(&attach(vec![
+        clip(&inc, "gate", 50_000, 300_000),
+        clip(&inc, "gate", 60_000, 400_000),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(
+        clips_of(s.clone(), inc.id).await,
+        [
+            clip(&inc, "gate", 50_000, 400_000),
+            clip(&inc, "yard", 100_000, 200_000)
+        ]
+    );
+    // Other incidents' clips of the same camera are their own.
+    assert_eq!(
+        clips_of(s.clone(), b.incident.id).await,
+        [clip(&b.incident, "gate", 0, 10)]
+    );
+    // A clip of an unknown incident is refused, and takes its commit with it.
+    let ghost = Incident {
+        id: eid(77),
+        ..inc.clone()
+    };
+    assert!(
+        s.commit_alarms(&AlarmCommit {
+            clips: vec![clip(&inc, "yard", 0, 500_000), clip(&ghost, "gate", 0, 1)],
+            ..Default::default()
+        })
+        .await
+        .is_err()
+    );
+    assert_eq!(
+        clips_of(s.clone(), inc.id).await[1],
+        clip(&inc, "yard", 100_000, 200_000)
+    );
+}
+
+async fn retention_holds_incident_clips(s: Arc<dyn Store>, _db: &TestDb) {
+    const HOLD: i64 = 600_000;
+    s.sync_cameras(&[cam("gate"), cam("yard")], t(0))
+        .await
+        .unwrap();
+    s.insert_segments(&[
+        seg("gate", 0, 60_000, "gate/0.mp4"),
+        seg("gate", 60_000, 120_000, "gate/1.mp4"),
+        seg("yard", 60_000, 120_000, "yard/1.mp4"),
+    ])
+    .await
+    .unwrap();
+    let paths = |segs: Vec<Segment>| segs.into_iter().map(|x| x.path).collect::<Vec<_>>();
+    let oldest = |s: Arc<dyn Store>, camera: Option<&'static str>, now: i64| async move {
+        paths(
+            s.oldest_unpinned_segments(camera, None, t(now), HOLD, 100)
+                .await
+                .unwrap(),
+        )
+    };
+
+    // An alarm at 100 s attaches gate footage from 90 s to 200 s (post-roll still recording).
+    let a = new_incident(100_000, 1, vec![], vec![]);
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![a.clone()],
+        clips: vec![clip(&a.incident, "gate", 90_000, 200_000)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        oldest(s.clone(), None, 130_000).await,
+        ["gate/0.mp4", "yard/1.mp4"]
+    );
+    // Post-roll recorded after the clip was attached is held as well; a segment starting where
+    // the clip ends is not.
+    s.insert_segments(&[
+        seg("gate", 120_000, 180_000, "gate/2.mp4"),
+        seg("gate", 180_000, 200_000, "gate/3.mp4"),
+        seg("gate", 200_000, 260_000, "gate/4.mp4"),
+        seg("yard", 120_000, 180_000, "yard/2.mp4"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        oldest(s.clone(), None, 300_000).await,
+        ["gate/0.mp4", "yard/1.mp4", "yard/2.mp4", "gate/4.mp4"]
+    );
+    assert_eq!(
+        oldest(s.clone(), Some("gate"), 300_000).await,
+        ["gate/0.mp4", "gate/4.mp4"]
+    );
+    assert_eq!(
+        oldest(s.clone(), Some("yard"), 300_000).await,
+        ["yard/1.mp4", "yard/2.mp4"]
+    );
+    // However long it stays open.
+    assert_eq!(
+        oldest(s.clone(), Some("gate"), 100_000_000).await,
+        ["gate/0.mp4", "gate/4.mp4"]
+    );
+    // Without a hold, an open incident still holds its footage.
+    assert_eq!(
+        paths(
+            s.oldest_unpinned_segments(Some("gate"), None, t(300_000), 0, 100)
+                .await
+                .unwrap()
+        ),
+        ["gate/0.mp4", "gate/4.mp4"]
+    );
+
+    // Resolved at 400 s: held until 400 s + HOLD, then released.
+    let resolve = step(
+        &a.incident,
+        400_000,
+        IncidentState::Resolved,
+        Some(Outcome::Genuine),
+        vec![],
+    );
+    s.commit_alarms(&AlarmCommit {
+        updates: vec![resolve],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        oldest(s.clone(), Some("gate"), 500_000).await,
+        ["gate/0.mp4", "gate/4.mp4"]
+    );
+    assert_eq!(
+        oldest(s.clone(), Some("gate"), 400_000 + HOLD - 1).await,
+        ["gate/0.mp4", "gate/4.mp4"]
+    );
+    assert_eq!(
+        oldest(s.clone(), Some("gate"), 400_000 + HOLD).await,
+        [
+            "gate/0.mp4",
+            "gate/1.mp4",
+            "gate/2.mp4",
+            "gate/3.mp4",
+            "gate/4.mp4"
+        ]
+    );
+
+    // Yard footage of an incident resolved at 20 s is held only until 20 s + HOLD, while an
+    // open incident's overlapping clip keeps holding it after that.
+    let b = new_incident(10_000, 2, vec![], vec![]);
+    let b_done = step(
+        &b.incident,
+        20_000,
+        IncidentState::Resolved,
+        Some(Outcome::False),
+        vec![],
+    );
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![b.clone()],
+        updates: vec![b_done],
+        clips: vec![clip(&b.incident, "yard", 60_000, 180_000)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        oldest(s.clone(), Some("yard"), 600_000).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        oldest(s.clone(), Some("yard"), 20_000 + HOLD).await,
+        ["yard/1.mp4", "yard/2.mp4"]
+    );
+    let c = new_incident(150_000, 1, vec![], vec![]);
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![c.clone()],
+        clips: vec![clip(&c.incident, "yard", 150_000, 160_000)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        oldest(s.clone(), Some("yard"), 20_000 + HOLD).await,
+        ["yard/1.mp4"]
+    );
+    // Reopening the resolved gate incident holds its footage again.
+    let a_now = s.get_incident(a.incident.id).await.unwrap().unwrap();
+    s.commit_alarms(&AlarmCommit {
+        updates: vec![step(
+            &a_now,
+            2_000_000,
+            IncidentState::Acknowledged,
+            None,
+            vec![],
+        )],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        oldest(s.clone(), Some("gate"), 5_000_000).await,
+        ["gate/0.mp4", "gate/4.mp4"]
+    );
+}
+
+async fn events_page_in_id_order_and_prune_by_age(s: Arc<dyn Store>, _db: &TestDb) {
+    assert_eq!(s.latest_event_id().await.unwrap(), None);
+    assert!(all_events(&s).await.is_empty());
+
+    // Several events in one millisecond keep the order they were made in.
+    let first: Vec<_> = (0..4)
+        .map(|i| ev(0, "camera", "gate", &format!("state {i}")))
+        .collect();
+    let later: Vec<_> = (0..3)
+        .map(|i| ev(1000 + i, "camera", "yard", &format!("state {i}")))
+        .collect();
+    // Stored out of order; read back in id order.
+    let mut shuffled = later.clone();
+    shuffled.reverse();
+    s.append_events(&first).await.unwrap();
+    s.append_events(&shuffled).await.unwrap();
+    let a = new_incident(2000, 1, vec![], vec![]);
+    let alarm = vec![
+        ev(2000, "alarm", &a.incident.id.to_string(), "raised"),
+        ev(2000, "alarm", &a.incident.id.to_string(), "clip"),
+    ];
+    s.commit_alarms(&AlarmCommit {
+        creates: vec![a],
+        events: alarm.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let expected: Vec<EventRecord> = first.iter().chain(&later).chain(&alarm).cloned().collect();
+    assert_eq!(all_events(&s).await, expected, "every field round-trips");
+    assert_eq!(
+        s.latest_event_id().await.unwrap(),
+        Some(expected.last().unwrap().id)
+    );
+
+    // Paging with the last id seen visits every event once, in order.
+    let mut seen = Vec::new();
+    let mut cursor = nil_id();
+    loop {
+        let page = s.events_after(cursor, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        cursor = last.id;
+        seen.extend(page);
+    }
+    assert_eq!(seen, expected);
+    assert_eq!(
+        s.events_after(expected[1].id, 2).await.unwrap(),
+        expected[2..4]
+    );
+    assert!(
+        s.events_after(expected.last().unwrap().id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A duplicate id is refused (the stream never shows one event twice).
+    assert!(s.append_events(&first[..1]).await.is_err());
+
+    // Pruning goes by age: strictly older than `before`.
+    assert_eq!(s.prune_events(t(0)).await.unwrap(), 0);
+    assert_eq!(s.prune_events(t(1001)).await.unwrap(), 5);
+    assert_eq!(all_events(&s).await, expected[5..]);
+    assert_eq!(s.prune_events(t(1001)).await.unwrap(), 0);
+    // A reader resuming from a pruned id gets what is left after it.
+    assert_eq!(
+        s.events_after(expected[0].id, 10).await.unwrap(),
+        expected[5..]
+    );
+    assert_eq!(
+        s.latest_event_id().await.unwrap(),
+        Some(expected.last().unwrap().id)
+    );
+    assert_eq!(s.prune_events(t(1_000_000)).await.unwrap(), 4);
+    assert_eq!(s.latest_event_id().await.unwrap(), None);
 }
