@@ -12,11 +12,22 @@ use std::time::{Duration, Instant};
 pub struct TestBroker {
     child: Child,
     pub port: u16,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl TestBroker {
     pub fn start() -> TestBroker {
+        Self::start_with(false)
+    }
+
+    /// A broker that keeps sessions and queued QoS 1 messages in a database in its own
+    /// directory, written when it stops, so they survive [`TestBroker::restart`].
+    pub fn start_persistent() -> TestBroker {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -24,34 +35,35 @@ impl TestBroker {
             .unwrap()
             .port();
         let conf: PathBuf = dir.path().join("mosquitto.conf");
+        let persistence = if persistent {
+            // Mosquitto started as root drops to its own user before it writes the database.
+            use std::os::unix::fs::PermissionsExt;
+            let data = dir.path().join("data");
+            std::fs::create_dir(&data).expect("data dir");
+            for d in [dir.path(), data.as_path()] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777))
+                    .expect("chmod data dir");
+            }
+            format!(
+                "persistence true\npersistence_location {}/\npersistence_file mosquitto.db\n",
+                data.display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\n"
             ),
         )
         .unwrap();
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto (Debian package mosquitto)");
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn(&conf, port);
         TestBroker {
             child,
             port,
+            conf,
             _dir: dir,
         }
     }
@@ -59,6 +71,48 @@ impl TestBroker {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// Stops Mosquitto with SIGTERM (it saves its database when persistent) and starts it
+    /// again on the same port with the same configuration and data directory.
+    pub fn restart(&mut self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM mosquitto failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "mosquitto did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = spawn(&self.conf, self.port);
+    }
+}
+
+/// Starts Mosquitto with `conf` and waits until it accepts connections on `port`.
+fn spawn(conf: &std::path::Path, port: u16) -> Child {
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mosquitto (Debian package mosquitto)");
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for TestBroker {

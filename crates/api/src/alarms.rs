@@ -50,7 +50,16 @@ fn parse_id(id: &str) -> Result<EntityId, ApiError> {
 
 /// Device-sourced incidents are visible to tokens scoped to the device (or all devices).
 fn visible(who: &Principal, i: &Incident) -> bool {
-    who.devices.allows(&i.source_id) || who.cameras.allows(&i.source_id)
+    source_visible(who, &i.kind, &i.source_id)
+}
+
+/// Whether the caller's scope covers an incident's source: a camera for camera incidents
+/// (faults, motion), a device for everything a device raised.
+pub(crate) fn source_visible(who: &Principal, kind: &str, source: &str) -> bool {
+    match kind {
+        "camera_offline" | "motion" => who.cameras.allows(source),
+        _ => who.devices.allows(source),
+    }
 }
 
 /// The stored incident, or 404 / 403 (the caller may `verb` it only within its scope).
@@ -118,10 +127,27 @@ pub(crate) async fn list(
                 )
             })?,
     };
+    let priority = q
+        .get("priority")
+        .map(|p| {
+            p.parse::<i64>()
+                .ok()
+                .filter(|p| (1..=10).contains(p))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::InvalidArgument,
+                        format!("query parameter `priority`: {p:?} is not a priority (1 to 10)"),
+                    )
+                })
+        })
+        .transpose()?;
     let filter = IncidentFilter {
         state: state.flatten(),
         open_only: q.get("state").is_some_and(|s| s == "open"),
         since,
+        priority,
+        device: q.get("device").cloned(),
+        camera: q.get("camera").cloned(),
         limit,
     };
     let list = st.store.list_incidents(&filter).await?;

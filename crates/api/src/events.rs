@@ -102,12 +102,14 @@ impl Cursor {
             "camera" => self.who.cameras.allows(&r.subject),
             _ => {
                 let v: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
-                let source = v
-                    .get("after")
-                    .and_then(|a| a.get("source_id"))
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("");
-                self.who.devices.allows(source) || self.who.cameras.allows(source)
+                let field = |name: &str| {
+                    v.get("after")
+                        .and_then(|a| a.get(name))
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                crate::alarms::source_visible(&self.who, &field("kind"), &field("source_id"))
             }
         };
         allowed.then(|| {

@@ -25,6 +25,8 @@ pub struct DeviceLogin {
     /// Defaults to the device id.
     pub username: Option<String>,
     /// `None`: the device may connect without a password, as itself (client id = device id).
+    /// It must still send a username (any, e.g. its id): rumqttd refuses a CONNECT without
+    /// one once logins are checked.
     pub password: Option<String>,
 }
 

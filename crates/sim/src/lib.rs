@@ -23,16 +23,21 @@
 //!   on the connection, or over UDP an RTCP report from the client, keeps them alive.
 
 mod auth;
+pub mod buttons;
 mod clip;
+pub mod encode;
 mod error;
 mod fault;
 mod play;
 mod rtp;
 mod rtsp;
+pub mod run;
+pub mod scene;
 mod sdp;
 mod server;
 
 pub use clip::{AccessUnit, Clip, clip_from_annex_b};
+pub use encode::{EncodeOptions, encode, encode_cached};
 pub use error::SimError;
 pub use fault::{Fault, SimCamera};
 pub use server::{DEFAULT_SESSION_TIMEOUT, ServerConfig, SimServer, bind};

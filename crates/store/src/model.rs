@@ -213,6 +213,11 @@ pub struct IncidentFilter {
     /// Only incidents not yet resolved.
     pub open_only: bool,
     pub since: Option<Timestamp>,
+    pub priority: Option<i64>,
+    /// Raised by this device (or camera).
+    pub device: Option<String>,
+    /// Raised by this camera, or with footage of it attached.
+    pub camera: Option<String>,
     pub limit: u32,
 }
 

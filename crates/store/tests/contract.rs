@@ -617,10 +617,65 @@ async fn incident_updates_are_optimistic(s: Arc<dyn Store>, _db: &TestDb) {
 async fn incident_list_filters_and_order(s: Arc<dyn Store>, _db: &TestDb) {
     let low_old = new_incident(0, 3, vec![], vec![]);
     let high_new = new_incident(5000, 1, vec![], vec![]);
-    let high_old = new_incident(1000, 1, vec![], vec![]);
+    let mut high_old = new_incident(1000, 1, vec![], vec![]);
+    high_old.incident.source_id = "btn-2".into();
     for n in [&low_old, &high_new, &high_old] {
         s.create_incident(n).await.unwrap();
     }
+    s.commit_alarms(&AlarmCommit {
+        clips: vec![IncidentClip {
+            incident_id: high_new.incident.id,
+            camera_id: "gate".into(),
+            from: t(0),
+            to: t(9000),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let by = |f: IncidentFilter| {
+        let s = s.clone();
+        async move {
+            s.list_incidents(&f)
+                .await
+                .unwrap()
+                .iter()
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        by(IncidentFilter {
+            priority: Some(3),
+            ..Default::default()
+        })
+        .await,
+        [low_old.incident.id]
+    );
+    assert_eq!(
+        by(IncidentFilter {
+            device: Some("btn-2".into()),
+            ..Default::default()
+        })
+        .await,
+        [high_old.incident.id]
+    );
+    assert_eq!(
+        by(IncidentFilter {
+            camera: Some("gate".into()),
+            ..Default::default()
+        })
+        .await,
+        [high_new.incident.id]
+    );
+    assert!(
+        by(IncidentFilter {
+            camera: Some("yard".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
     s.update_incident(&step(
         &low_old.incident,
         6000,

@@ -1,4 +1,4 @@
-//! Command line: `run`, `check-config`, `migrate` and `demo`.
+//! Command line: `run`, `check-config`, `migrate`, `fsck`, `sim` and `demo`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,7 +42,13 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Run the service on its built-in demo configuration in a fresh data directory.
+    /// Run the camera and panic-button simulator until Ctrl-C.
+    Sim {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the service on its built-in demo configuration in a fresh data directory, with
+    /// the simulator's cameras and panic buttons.
     Demo {
         /// Keep data here instead of a new temporary directory.
         #[arg(long, value_name = "DIR")]
@@ -85,6 +91,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 crate::run::migrate_only(&cfg).await
             }
             Command::Demo { data_dir, listen } => crate::run::demo(data_dir, &listen).await,
+            Command::Sim { config } => crate::run::sim(&config).await,
             Command::Fsck { config, repair } => {
                 let cfg = load(&config)?;
                 if crate::run::fsck(&cfg, repair).await? || repair {

@@ -262,6 +262,8 @@ async fn audit_start(store: &dyn Store, cfg: &Config, clock: &dyn Clock) -> Resu
 
 /// The demo configuration, built into the binary.
 pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
+/// The demo's simulated cameras and buttons, built into the binary.
+pub const DEMO_SIM_CONFIG: &str = include_str!("../../../config/demo-sim.toml");
 
 /// `xueliang demo`: the built-in configuration in a fresh data directory, with a fresh token.
 #[allow(clippy::print_stdout)]
@@ -292,6 +294,22 @@ pub async fn demo(data_dir: Option<PathBuf>, listen: &str) -> Result<(), Error> 
     cfg.api.listen = listen.to_owned();
     let shutdown = Shutdown::new();
     crate::signals::spawn(shutdown.clone())?;
+    let sim_cfg = xueliang_sim::run::SimConfig::parse(DEMO_SIM_CONFIG, "(built-in demo-sim.toml)")
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Internal,
+                "the built-in simulator configuration is invalid",
+                e,
+            )
+        })?;
+    tracing::info!(
+        cameras = sim_cfg.camera_count(),
+        "preparing the simulated cameras (the first run encodes their scenes)"
+    );
+    let sim = xueliang_sim::run::start(sim_cfg, &dir, shutdown.clone())
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot start the simulator", e))?;
+    let rtsp = sim.rtsp;
     let token_for_banner = token.clone();
     let dir_for_banner = dir.clone();
     let on_ready = Box::new(move |addr: std::net::SocketAddr| {
@@ -304,17 +322,57 @@ pub async fn demo(data_dir: Option<PathBuf>, listen: &str) -> Result<(), Error> 
         println!(
             "  cameras        : curl -H 'Authorization: Bearer {token_for_banner}' http://{addr}/api/v1/cameras"
         );
+        println!(
+            "  alarms         : curl -H 'Authorization: Bearer {token_for_banner}' http://{addr}/api/v1/alarms"
+        );
+        println!(
+            "  live events    : curl -N -H 'Authorization: Bearer {token_for_banner}' http://{addr}/api/v1/events"
+        );
+        println!(
+            "  cameras (RTSP) : rtsp://{rtsp}/cam/1 .. /cam/4 (e.g. ffplay -rtsp_transport tcp rtsp://{rtsp}/cam/1)"
+        );
+        println!(
+            "  panic buttons  : btn-1 .. btn-8 on the embedded broker; btn-1 presses a minute in"
+        );
         println!("  stop           : Ctrl-C (twice to stop at once)");
         println!();
     });
-    run(
+    let result = run(
         Arc::new(cfg),
         RunOptions {
-            shutdown: Some(shutdown),
+            shutdown: Some(shutdown.clone()),
             on_ready: Some(on_ready),
         },
     )
-    .await
+    .await;
+    shutdown.trigger();
+    sim.stopped().await;
+    result
+}
+
+/// `xueliang sim`: the simulator alone, until a signal.
+#[allow(clippy::print_stdout)]
+pub async fn sim(path: &std::path::Path) -> Result<(), Error> {
+    let cfg = xueliang_sim::run::SimConfig::load(path).map_err(|e| {
+        Error::with_source(ErrorKind::InvalidArgument, "bad simulator configuration", e)
+    })?;
+    let base = path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    let shutdown = Shutdown::new();
+    crate::signals::spawn(shutdown.clone())?;
+    let buttons = cfg.buttons.as_ref().map(|b| b.count).unwrap_or(0);
+    let running = xueliang_sim::run::start(cfg, &base, shutdown.clone())
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot start the simulator", e))?;
+    println!(
+        "simulator: {} camera(s) at rtsp://{}/cam/1 .. /cam/{}, {} button(s); Ctrl-C stops",
+        running.cameras, running.rtsp, running.cameras, buttons
+    );
+    shutdown.cancelled().await;
+    running.stopped().await;
+    Ok(())
 }
 
 fn chrono_stamp() -> String {

@@ -1229,6 +1229,10 @@ impl crate::Store for StoreImpl {
              WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) \
              AND ($2 = 0 OR state <> 'resolved') \
              AND (CAST($3 AS BIGINT) IS NULL OR opened_ms >= $3) \
+             AND (CAST($5 AS BIGINT) IS NULL OR priority = $5) \
+             AND (CAST($6 AS TEXT) IS NULL OR source_id = $6) \
+             AND (CAST($7 AS TEXT) IS NULL OR source_id = $7 OR EXISTS (SELECT 1 FROM incident_clips c \
+                  WHERE c.incident_id = incidents.id AND c.camera_id = $7)) \
              ORDER BY priority, opened_ms, id LIMIT $4"
         );
         let limit = if f.limit == 0 {
@@ -1241,6 +1245,9 @@ impl crate::Store for StoreImpl {
             .bind(i64::from(f.open_only))
             .bind(f.since.map(Timestamp::as_millis))
             .bind(i64::from(limit))
+            .bind(f.priority)
+            .bind(f.device.as_deref())
+            .bind(f.camera.as_deref())
             .fetch_all(&self.pool)
             .await
             .map_err(db("list incidents"))?;
