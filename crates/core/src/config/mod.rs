@@ -193,6 +193,11 @@ pub struct AlarmsConfig {
     pub camera_offline_seconds: u32,
     /// The event stream (`/api/v1/events`) can be resumed this far back.
     pub events_keep_days: u32,
+    /// Night, for `motion.incidents = "night"`: from this hour to that one, local time.
+    pub night_start_hour: u8,
+    pub night_end_hour: u8,
+    /// Local time's offset from UTC (China: +480).
+    pub utc_offset_minutes: i32,
 }
 
 impl Default for AlarmsConfig {
@@ -211,6 +216,9 @@ impl Default for AlarmsConfig {
             footage_hold_days: 30,
             camera_offline_seconds: 300,
             events_keep_days: 7,
+            night_start_hour: 19,
+            night_end_hour: 7,
+            utc_offset_minutes: 480,
         }
     }
 }
@@ -425,7 +433,7 @@ fn yes() -> bool {
 }
 
 /// `cameras[].motion`: detection switch, zones and masks in normalised coordinates (0..1).
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct MotionConfig {
     #[serde(default)]
     pub enabled: bool,
@@ -434,6 +442,46 @@ pub struct MotionConfig {
     /// Polygons where motion is ignored (trees, a road, a clock).
     #[serde(default)]
     pub masks: Vec<Vec<[f64; 2]>>,
+    /// Frames analysed per second while something moves (key frames only while idle).
+    #[serde(default = "default_analysis_fps")]
+    pub analysis_fps: u32,
+    /// Seconds of no motion before an event ends.
+    #[serde(default = "default_motion_cooldown")]
+    pub cooldown_seconds: u32,
+    /// Whether motion raises an incident: never, always, or only at night.
+    #[serde(default)]
+    pub incidents: MotionIncidents,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        MotionConfig {
+            enabled: false,
+            zones: Vec::new(),
+            masks: Vec::new(),
+            analysis_fps: default_analysis_fps(),
+            cooldown_seconds: default_motion_cooldown(),
+            incidents: MotionIncidents::Off,
+        }
+    }
+}
+
+fn default_analysis_fps() -> u32 {
+    5
+}
+fn default_motion_cooldown() -> u32 {
+    10
+}
+
+/// When a camera's motion becomes an alarm incident (it is always recorded as an event).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MotionIncidents {
+    #[default]
+    Off,
+    Always,
+    /// Between `alarms.night_start_hour` and `alarms.night_end_hour`, local time.
+    Night,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -267,6 +267,20 @@ fn alarms(a: &super::AlarmsConfig, p: &KeyPath, out: &mut Problems) {
             out.push((p.key(key), "must be at least 1".into()));
         }
     }
+    for (key, h) in [
+        ("night_start_hour", a.night_start_hour),
+        ("night_end_hour", a.night_end_hour),
+    ] {
+        if h > 23 {
+            out.push((p.key(key), format!("{h} is not an hour (0-23)")));
+        }
+    }
+    if a.utc_offset_minutes.abs() > 14 * 60 {
+        out.push((
+            p.key("utc_offset_minutes"),
+            format!("{} is not a UTC offset (-840 to 840)", a.utc_offset_minutes),
+        ));
+    }
     if a.burst_presses < 2 {
         out.push((p.key("burst_presses"), "must be at least 2".into()));
     }
@@ -372,6 +386,12 @@ fn cameras(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) -> 
             out.push((p.key("stall_seconds"), "must be between 2 and 300".into()));
         }
         let m = p.key("motion");
+        if !(1..=30).contains(&c.motion.analysis_fps) {
+            out.push((m.key("analysis_fps"), "must be between 1 and 30".into()));
+        }
+        if !(1..=600).contains(&c.motion.cooldown_seconds) {
+            out.push((m.key("cooldown_seconds"), "must be between 1 and 600".into()));
+        }
         let mut zone_names = HashSet::new();
         for (z, zone) in c.motion.zones.iter().enumerate() {
             let zp = m.key("zones").index(z);
