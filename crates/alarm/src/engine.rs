@@ -28,6 +28,8 @@ pub enum IncidentKind {
     Test,
     /// A camera that stayed offline longer than the policy allows.
     CameraOffline,
+    /// Motion on a camera whose policy makes motion an alarm (e.g. a school yard at night).
+    Motion,
 }
 
 impl IncidentKind {
@@ -39,6 +41,7 @@ impl IncidentKind {
             "low_battery" => IncidentKind::LowBattery,
             "test" => IncidentKind::Test,
             "camera_offline" => IncidentKind::CameraOffline,
+            "motion" => IncidentKind::Motion,
             _ => return None,
         })
     }
@@ -51,6 +54,7 @@ impl IncidentKind {
             IncidentKind::LowBattery => "low_battery",
             IncidentKind::Test => "test",
             IncidentKind::CameraOffline => "camera_offline",
+            IncidentKind::Motion => "motion",
         }
     }
 
@@ -62,6 +66,7 @@ impl IncidentKind {
             IncidentKind::LowBattery => 5,
             IncidentKind::Test => 6,
             IncidentKind::CameraOffline => 4,
+            IncidentKind::Motion => 3,
         }
     }
 
@@ -145,6 +150,14 @@ pub enum Input {
         note: Option<String>,
         at: Timestamp,
     },
+    /// Motion began on a camera whose policy makes it an alarm (a stored signal).
+    Motion {
+        signal: EntityId,
+        camera: String,
+        at: Timestamp,
+    },
+    /// That motion ended.
+    MotionEnded { camera: String, at: Timestamp },
     /// A camera went offline (its stream failed) or came back.
     Camera {
         camera: String,
@@ -305,7 +318,7 @@ impl Engine {
             .then(|| opened.saturating_add_millis(period * (escalation + 1)));
         let footage = matches!(
             kind,
-            IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test
+            IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test | IncidentKind::Motion
         )
         .then(|| {
             let from = Timestamp::from_millis(opened.as_millis() - ms(self.policy.pre_roll));
@@ -384,6 +397,12 @@ impl Engine {
                 at,
             } => self.act(incident, action, actor, note, at, &mut out)?,
             Input::Camera { camera, online, at } => self.camera(&camera, online, at, &mut out),
+            Input::Motion { signal, camera, at } => {
+                self.signal(signal, IncidentKind::Motion, &camera, at, &mut out)
+            }
+            Input::MotionEnded { camera, at } => {
+                self.clear(IncidentKind::Motion, &camera, at, &mut out)
+            }
             Input::Tick { now } => self.tick(now, &mut out),
         }
         Ok(out)
@@ -440,6 +459,7 @@ impl Engine {
             IncidentKind::DeviceOffline => format!("设备离线 device offline: {name}"),
             IncidentKind::LowBattery => format!("电量低 low battery: {name}"),
             IncidentKind::CameraOffline => format!("摄像机离线 camera offline: {device}"),
+            IncidentKind::Motion => format!("移动侦测 motion: {device}"),
         }
     }
 
@@ -481,17 +501,12 @@ impl Engine {
         };
         if matches!(
             kind,
-            IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test
+            IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test | IncidentKind::Motion
         ) {
             let from = Timestamp::from_millis(at.as_millis() - ms(self.policy.pre_roll));
             let cap = from.saturating_add_millis(ms(self.policy.max_footage));
             let to = at.saturating_add_millis(ms(self.policy.post_roll)).min(cap);
-            for camera in self
-                .devices
-                .get(source)
-                .map(|d| d.cameras.clone())
-                .unwrap_or_default()
-            {
+            for camera in self.footage_cameras(kind, source) {
                 out.push(Effect::Footage {
                     incident: id,
                     camera,
@@ -514,7 +529,32 @@ impl Engine {
         at: Timestamp,
         out: &mut Vec<Effect>,
     ) {
-        let kind = IncidentKind::of_press(kind);
+        self.signal(signal, IncidentKind::of_press(kind), device, at, out);
+    }
+
+    /// Cameras whose footage an incident of `kind` from `source` keeps.
+    fn footage_cameras(&self, kind: IncidentKind, source: &str) -> Vec<String> {
+        match kind {
+            IncidentKind::Panic | IncidentKind::Tamper | IncidentKind::Test => self
+                .devices
+                .get(source)
+                .map(|d| d.cameras.clone())
+                .unwrap_or_default(),
+            IncidentKind::Motion => vec![source.to_owned()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A press or a motion start: joins the source's open incident of that kind if it is
+    /// recent enough, else raises one.
+    fn signal(
+        &mut self,
+        signal: EntityId,
+        kind: IncidentKind,
+        device: &str,
+        at: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
         let join = ms(self.policy.join_window);
         let existing = self
             .by_source
@@ -531,11 +571,7 @@ impl Engine {
         };
         let burst = ms(self.policy.burst_window);
         let (burst_presses, post) = (self.policy.burst_presses, ms(self.policy.post_roll));
-        let cameras = self
-            .devices
-            .get(device)
-            .map(|d| d.cameras.clone())
-            .unwrap_or_default();
+        let cameras = self.footage_cameras(kind, device);
         let o = self.open.get_mut(&id).expect("indexed incident is open");
         o.last_signal = o.last_signal.max(at);
         o.presses.push_back(at);

@@ -99,7 +99,7 @@ impl Cursor {
     /// The SSE form of a stored event, or `None` when it is outside the caller's scope.
     fn render(&self, r: &EventRecord) -> Option<Event> {
         let allowed = match r.topic.as_str() {
-            "camera" => self.who.cameras.allows(&r.subject),
+            "camera" | "motion" => self.who.cameras.allows(&r.subject),
             _ => {
                 let v: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
                 let field = |name: &str| {

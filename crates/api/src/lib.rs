@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cameras/{id}", get(cameras::get_one))
         .route("/cameras/{id}/recordings", get(recordings::list))
         .route("/cameras/{id}/export.mp4", get(recordings::export))
+        .route("/cameras/{id}/motion", get(recordings::motion))
         .route("/alarms", get(alarms::list))
         .route("/alarms/{id}", get(alarms::get_one))
         .route("/alarms/{id}/{action}", axum::routing::post(alarms::act))

@@ -151,6 +151,50 @@ pub(crate) async fn list(
 }
 
 /// Parses a single `bytes=` range against `len`. `Ok(None)`: serve the whole body.
+/// One motion event as the API shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct MotionView {
+    id: xueliang_core::EntityId,
+    zone: String,
+    start: Timestamp,
+    end: Option<Timestamp>,
+    score: f64,
+    boxes: serde_json::Value,
+}
+
+/// `GET /api/v1/cameras/{id}/motion?from=T&to=T`: motion events overlapping the span (default:
+/// the last day), oldest first.
+pub(crate) async fn motion(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<MotionView>>, ApiError> {
+    check_camera(&st, &who, &id)?;
+    let to = param_time(&q, "to")?.unwrap_or_else(|| st.clock.now());
+    let from =
+        param_time(&q, "from")?.unwrap_or(Timestamp::from_millis(to.as_millis() - 86_400_000));
+    if to <= from {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            "`to` must be after `from`",
+        ));
+    }
+    let rows = st.store.list_motion(&id, from, to, 10_000).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|m| MotionView {
+                boxes: serde_json::from_str(&m.boxes).unwrap_or(serde_json::Value::Null),
+                id: m.id,
+                zone: m.zone,
+                start: m.start,
+                end: m.end,
+                score: m.score,
+            })
+            .collect(),
+    ))
+}
+
 fn parse_range(h: Option<&HeaderValue>, len: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
     let Some(v) = h.and_then(|v| v.to_str().ok()) else {
         return Ok(None);

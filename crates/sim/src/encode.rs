@@ -230,7 +230,7 @@ pub fn encode_cached(
 }
 
 /// Bumped whenever the renderer's output for a given spec changes, to invalidate caches.
-const RENDER_VERSION: u32 = 1;
+const RENDER_VERSION: u32 = 2;
 
 /// Where [`encode_cached`] keeps the stream for `spec` and `opts`.
 pub fn cache_path(

@@ -1,4 +1,4 @@
-//! Camera simulator: an RTSP 1.0 server that serves pre-encoded H.264/H.265 clips to real RTSP
+//! Camera and panic-button simulator: an RTSP 1.0 server that serves pre-encoded H.264/H.265 clips to real RTSP
 //! clients (ffmpeg, GStreamer, retina) in real time, with scheduled faults.
 //!
 //! The clips live in memory once ([`Clip`], shared as `Arc`), are packetized to RTP once when the
@@ -7,8 +7,10 @@
 //! `rtsp://HOST:PORT/cam/{n}` is camera `n`'s main stream (`cameras[n - 1]`),
 //! `rtsp://HOST:PORT/cam/{n}/sub` its sub stream.
 //!
-//! Encoding the scenes is not this crate's job: it serves whatever access units it is handed
-//! ([`clip_from_annex_b`] turns an Annex B elementary stream into a [`Clip`]).
+//! The scenes themselves come from [`scene`] (a deterministic street with scripted events and
+//! their ground truth) and are encoded once by [`encode`] (libx264/libx265, cached);
+//! [`clip_from_annex_b`] turns any Annex B elementary stream into a [`Clip`]. [`buttons`]
+//! simulates panic buttons over MQTT, and [`run`] reads a simulator file and runs it all.
 //!
 //! What real clients get, and why (each point is exercised by the tests in `tests/`):
 //! * DESCRIBE answers `Content-Base: <request URL>/` and an SDP with a session-level

@@ -152,6 +152,15 @@ pub trait Store: Send + Sync + Debug {
     /// with `FailedPrecondition`.
     async fn commit_alarms(&self, commit: &AlarmCommit) -> Result<()>;
     async fn incident_clips(&self, id: EntityId) -> Result<Vec<IncidentClip>>;
+    /// Motion events of a camera overlapping `[from, to)` (an open one overlaps everything
+    /// after its start), oldest first.
+    async fn list_motion(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<MotionRecord>>;
 
     /// Appends events outside an alarm commit (camera state changes).
     async fn append_events(&self, events: &[EventRecord]) -> Result<()>;

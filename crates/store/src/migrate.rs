@@ -31,6 +31,11 @@ pub const MIGRATIONS_SQLITE: &[Migration] = &[
         description: "events and incident clips",
         sql: include_str!("../migrations/sqlite/0002_events_clips.sql"),
     },
+    Migration {
+        version: 3,
+        description: "motion events",
+        sql: include_str!("../migrations/sqlite/0003_motion.sql"),
+    },
 ];
 
 pub const MIGRATIONS_POSTGRES: &[Migration] = &[
@@ -43,6 +48,11 @@ pub const MIGRATIONS_POSTGRES: &[Migration] = &[
         version: 2,
         description: "events and incident clips",
         sql: include_str!("../migrations/postgres/0002_events_clips.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "motion events",
+        sql: include_str!("../migrations/postgres/0003_motion.sql"),
     },
 ];
 

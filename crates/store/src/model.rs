@@ -313,6 +313,20 @@ pub struct IncidentClip {
     pub to: Timestamp,
 }
 
+/// A motion event of one camera zone; `end` stays empty while it lasts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MotionRecord {
+    pub id: EntityId,
+    pub node_id: String,
+    pub camera_id: String,
+    pub zone: String,
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+    pub score: f64,
+    /// JSON array of `[x, y, w, h]` boxes in normalised coordinates.
+    pub boxes: String,
+}
+
 /// One group commit of the alarm pipeline: everything its engine decided for a batch of device
 /// messages or operator actions, written in one transaction.
 #[derive(Clone, Debug, Default)]
@@ -322,6 +336,8 @@ pub struct AlarmCommit {
     pub updates: Vec<IncidentUpdate>,
     /// Upserted: an existing clip is widened, never narrowed.
     pub clips: Vec<IncidentClip>,
+    /// Inserted, or updated (end, score, boxes) when already stored.
+    pub motion: Vec<MotionRecord>,
     pub events: Vec<EventRecord>,
 }
 
@@ -330,6 +346,7 @@ impl AlarmCommit {
         self.creates.is_empty()
             && self.updates.is_empty()
             && self.clips.is_empty()
+            && self.motion.is_empty()
             && self.events.is_empty()
     }
 }

@@ -64,6 +64,7 @@ contract!(
     device_batch_deduplicates_and_keeps_device_news,
     alarm_commit_rolls_back_entirely_on_version_conflict,
     alarm_commit_chains_updates_of_one_incident,
+    motion_events_upsert_and_list_by_overlap,
     incident_clips_only_widen,
     retention_holds_incident_clips,
     events_page_in_id_order_and_prune_by_age,
@@ -1259,6 +1260,7 @@ async fn alarm_commit_rolls_back_entirely_on_version_conflict(s: Arc<dyn Store>,
             clip(&y.incident, "gate", 0, 60_000),
             clip(&x.incident, "gate", 0, 60_000),
         ],
+        motion: vec![motion_rec("gate", 500, None, 0.5)],
         events: vec![
             ev(1000, "alarm", "y", "raised"),
             ev(1001, "alarm", "x", "ack"),
@@ -1270,6 +1272,12 @@ async fn alarm_commit_rolls_back_entirely_on_version_conflict(s: Arc<dyn Store>,
     assert!(s.get_incident(y.incident.id).await.unwrap().is_none());
     assert!(s.incident_changes(y.incident.id).await.unwrap().is_empty());
     assert!(s.incident_clips(y.incident.id).await.unwrap().is_empty());
+    assert!(
+        s.list_motion("gate", t(0), t(100_000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.incident_of_signal(sig.id).await.unwrap(), None);
     assert!(
         s.pending_outbox("skynet-mqtt", t(10_000), 10)
@@ -1788,4 +1796,81 @@ async fn events_page_in_id_order_and_prune_by_age(s: Arc<dyn Store>, _db: &TestD
     );
     assert_eq!(s.prune_events(t(1_000_000)).await.unwrap(), 4);
     assert_eq!(s.latest_event_id().await.unwrap(), None);
+}
+
+fn motion_rec(camera: &str, start: i64, end: Option<i64>, score: f64) -> MotionRecord {
+    MotionRecord {
+        id: eid(start),
+        node_id: NODE.into(),
+        camera_id: camera.into(),
+        zone: "yard".into(),
+        start: t(start),
+        end: end.map(t),
+        score,
+        boxes: "[[0.1,0.2,0.05,0.1]]".into(),
+    }
+}
+
+async fn motion_events_upsert_and_list_by_overlap(s: Arc<dyn Store>, _db: &TestDb) {
+    let done = motion_rec("gate", 1000, Some(5000), 0.4);
+    let open = motion_rec("gate", 9000, None, 0.2);
+    let other = motion_rec("yard", 2000, Some(3000), 0.9);
+    s.commit_alarms(&AlarmCommit {
+        motion: vec![done.clone(), open.clone(), other.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ids = |v: Vec<MotionRecord>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_motion("gate", t(0), t(100_000), 100).await.unwrap()),
+        [done.id, open.id]
+    );
+    // Overlap, not containment: [4000, 8000) meets the first only; an open event overlaps
+    // everything after its start.
+    assert_eq!(
+        ids(s.list_motion("gate", t(4000), t(8000), 100).await.unwrap()),
+        [done.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_motion("gate", t(50_000), t(60_000), 100)
+            .await
+            .unwrap()),
+        [open.id]
+    );
+    assert!(
+        s.list_motion("gate", t(5000), t(9000), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The event ends: the same id is updated, not added.
+    let ended = MotionRecord {
+        end: Some(t(12_000)),
+        score: 0.7,
+        ..open.clone()
+    };
+    s.commit_alarms(&AlarmCommit {
+        motion: vec![ended.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let all = s.list_motion("gate", t(0), t(100_000), 100).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1], ended);
+    assert!(
+        s.list_motion("gate", t(50_000), t(60_000), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.list_motion("gate", t(0), t(100_000), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -9,7 +9,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use xueliang_alarm::{DeviceInfo, Effect, Engine, IncidentKind, Input, Policy, PressKind};
-use xueliang_core::config::{AlarmsConfig, Config, MqttMode};
+use xueliang_core::config::{AlarmsConfig, Config, MotionIncidents, MqttMode};
 use xueliang_core::model::{CameraState, Condition, IncidentState, SignalSource};
 use xueliang_core::shutdown::Shutdown;
 use xueliang_core::{Clock, EntityId, Error, ErrorKind, ResultExt, Timestamp};
@@ -18,7 +18,7 @@ use xueliang_mqtt::client::{self, ClientConfig, Delivery, DeviceLink};
 use xueliang_mqtt::protocol::{AlarmType, DeviceMessage};
 use xueliang_store::{
     AlarmCommit, CameraStateChange, DeviceStatus, EventRecord, Incident, IncidentChange,
-    IncidentClip, IncidentUpdate, NewIncident, Signal, SignalInsert, Store,
+    IncidentClip, IncidentUpdate, MotionRecord, NewIncident, Signal, SignalInsert, Store,
 };
 
 #[derive(Clone, Debug)]
@@ -193,16 +193,25 @@ pub fn start(
         locations,
         events: wiring.events,
         events_keep_ms: i64::from(cfg.alarms.events_keep_days) * 86_400_000,
+        motion_policy: cfg
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), c.motion.incidents))
+            .collect(),
+        alarms_cfg: cfg.alarms.clone(),
+        motion_ids: HashMap::new(),
+        pending_motion: Vec::new(),
     };
     let shutdown = shutdown.clone();
     let (desk_tx, desk_rx) = mpsc::channel(64);
     let cameras = wiring.cameras;
+    let motion = wiring.motion;
     let handler = tokio::spawn(async move {
         let mut shell = shell;
         if let Err(e) = shell.restore().await {
             tracing::error!(err = %e.chain(), "cannot reload open incidents; new presses will open new ones");
         }
-        shell.run(rx, desk_rx, cameras, shutdown).await
+        shell.run(rx, desk_rx, cameras, motion, shutdown).await
     });
     Ok(Some(Alarms {
         mqtt,
@@ -218,6 +227,49 @@ pub struct Wiring {
     pub events: Arc<watch::Sender<u64>>,
     /// Camera state changes from ingest, after they were stored.
     pub cameras: mpsc::UnboundedReceiver<CameraStateChange>,
+    /// Motion detectors' events.
+    pub motion: mpsc::UnboundedReceiver<MotionNotice>,
+}
+
+/// Where a motion event is in its life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MotionPhase {
+    Start,
+    Update,
+    End,
+}
+
+/// A motion detector's event, in wall time.
+#[derive(Clone, Debug)]
+pub struct MotionNotice {
+    pub camera: String,
+    pub zone: String,
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+    pub score: f64,
+    pub boxes: Vec<[f32; 4]>,
+    pub phase: MotionPhase,
+}
+
+/// Whether motion at `at` raises an incident under `policy` (`night`: local hours from
+/// `night_start_hour` to `night_end_hour`, which may wrap past midnight).
+pub fn motion_raises(policy: MotionIncidents, at: Timestamp, a: &AlarmsConfig) -> bool {
+    match policy {
+        MotionIncidents::Off => false,
+        MotionIncidents::Always => true,
+        MotionIncidents::Night => {
+            let minutes = at.as_millis().div_euclid(60_000) + i64::from(a.utc_offset_minutes);
+            let hour = minutes.rem_euclid(1440) / 60;
+            let (start, end) = (i64::from(a.night_start_hour), i64::from(a.night_end_hour));
+            if start == end {
+                true
+            } else if start < end {
+                (start..end).contains(&hour)
+            } else {
+                hour >= start || hour < end
+            }
+        }
+    }
 }
 
 fn policy(a: &AlarmsConfig) -> Policy {
@@ -255,6 +307,12 @@ struct Shell {
     locations: HashMap<String, (f64, f64)>,
     events: Arc<watch::Sender<u64>>,
     events_keep_ms: i64,
+    motion_policy: HashMap<String, MotionIncidents>,
+    alarms_cfg: AlarmsConfig,
+    /// Stored ids of motion events still going, by (camera, zone, start).
+    motion_ids: HashMap<(String, String, Timestamp), EntityId>,
+    /// Motion rows for the next commit.
+    pending_motion: Vec<MotionRecord>,
 }
 
 /// Said after a commit: to a device on its ack topic, or to the log.
@@ -334,6 +392,7 @@ impl Shell {
         mut rx: mpsc::UnboundedReceiver<Delivery>,
         mut desk: mpsc::Receiver<DeskRequest>,
         mut cameras: mpsc::UnboundedReceiver<CameraStateChange>,
+        mut motion: mpsc::UnboundedReceiver<MotionNotice>,
         shutdown: Shutdown,
     ) {
         let mut prune = tokio::time::interval(Duration::from_secs(3600));
@@ -367,6 +426,13 @@ impl Shell {
                         batch.push(c);
                     }
                     self.cameras(batch, &shutdown).await;
+                }
+                Some(m) = motion.recv() => {
+                    let mut batch = vec![m];
+                    while let Ok(m) = motion.try_recv() {
+                        batch.push(m);
+                    }
+                    self.motion(batch, &shutdown).await;
                 }
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => {
                     let now = self.clock.now();
@@ -556,6 +622,102 @@ impl Shell {
         self.steps(inputs, events, shutdown).await;
     }
 
+    /// Motion events: stored and streamed; those the camera's policy makes alarms also become
+    /// signals for the engine.
+    async fn motion(&mut self, batch: Vec<MotionNotice>, shutdown: &Shutdown) {
+        let now = self.clock.now();
+        let mut records = Vec::new();
+        let mut events = Vec::new();
+        let mut signals = Vec::new();
+        let mut ends = Vec::new();
+        for m in batch {
+            let key = (m.camera.clone(), m.zone.clone(), m.start);
+            let id = match m.phase {
+                MotionPhase::End => self.motion_ids.remove(&key),
+                _ => self.motion_ids.get(&key).copied(),
+            };
+            let id = id.unwrap_or_else(|| {
+                let id = EntityId::new_at(m.start);
+                if m.phase != MotionPhase::End {
+                    self.motion_ids.insert(key, id);
+                }
+                id
+            });
+            let boxes = serde_json::to_string(&m.boxes).unwrap_or_else(|_| "[]".into());
+            let record = MotionRecord {
+                id,
+                node_id: self.node.clone(),
+                camera_id: m.camera.clone(),
+                zone: m.zone.clone(),
+                start: m.start,
+                end: m.end,
+                score: m.score,
+                boxes,
+            };
+            if m.phase != MotionPhase::Update {
+                events.push(EventRecord {
+                    id: EntityId::new_ordered(now),
+                    node_id: self.node.clone(),
+                    at: now,
+                    topic: "motion".into(),
+                    subject: m.camera.clone(),
+                    payload: serde_json::json!({
+                        "type": if m.phase == MotionPhase::Start { "start" } else { "end" },
+                        "motion": &record,
+                    })
+                    .to_string(),
+                });
+            }
+            records.push(record);
+            let policy = self
+                .motion_policy
+                .get(&m.camera)
+                .copied()
+                .unwrap_or(MotionIncidents::Off);
+            match m.phase {
+                MotionPhase::Start if motion_raises(policy, m.start, &self.alarms_cfg) => {
+                    signals.push(Signal {
+                        id: EntityId::new_at(now),
+                        node_id: self.node.clone(),
+                        source: SignalSource::Motion,
+                        source_id: m.camera.clone(),
+                        seq: None,
+                        kind: "motion".into(),
+                        device_ts: Some(m.start),
+                        received_at: now,
+                        payload:
+                            serde_json::json!({"zone": m.zone, "score": m.score, "boxes": m.boxes})
+                                .to_string(),
+                    });
+                }
+                MotionPhase::End if policy != MotionIncidents::Off => {
+                    ends.push((m.camera.clone(), m.end.unwrap_or(now)));
+                }
+                _ => {}
+            }
+        }
+        if !signals.is_empty()
+            && let Err(e) = self.store.ingest_device_batch(&[], &signals).await
+        {
+            tracing::error!(err = %e.chain(), "cannot store motion signals; no incident raised for them");
+            signals.clear();
+        }
+        let mut inputs: Vec<Input> = signals
+            .iter()
+            .map(|s| Input::Motion {
+                signal: s.id,
+                camera: s.source_id.clone(),
+                at: now,
+            })
+            .collect();
+        inputs.extend(
+            ends.into_iter()
+                .map(|(camera, at)| Input::MotionEnded { camera, at }),
+        );
+        self.pending_motion = records;
+        self.steps(inputs, events, shutdown).await;
+    }
+
     /// Runs inputs through the engine and commits the effects (with `extra` events), retrying
     /// while the store is unavailable. `false` when stopping before the commit.
     async fn steps(
@@ -571,7 +733,7 @@ impl Shell {
                 Err(e) => tracing::warn!(err = %e, "alarm engine refused an input"),
             }
         }
-        if effects.is_empty() && extra.is_empty() {
+        if effects.is_empty() && extra.is_empty() && self.pending_motion.is_empty() {
             return true;
         }
         let mut delay = Duration::from_millis(100);
@@ -672,10 +834,12 @@ impl Shell {
             });
         }
         draft.commit.events.extend(extra.iter().cloned());
+        draft.commit.motion = self.pending_motion.clone();
         if draft.commit.is_empty() {
             return Ok(());
         }
         self.store.commit_alarms(&draft.commit).await?;
+        self.pending_motion.clear();
         if !draft.commit.events.is_empty() {
             self.events.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -940,4 +1104,38 @@ impl Shell {
 
 fn is_press(kind: &str) -> bool {
     matches!(kind, "panic" | "tamper" | "test")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(hour_local: i64, minute: i64) -> Timestamp {
+        // 2026-11-25 00:00 local (UTC+8) is 2026-11-24 16:00 UTC.
+        let midnight_local_utc_ms = 1_795_564_800_000 - 8 * 3_600_000;
+        Timestamp::from_millis(midnight_local_utc_ms + (hour_local * 60 + minute) * 60_000)
+    }
+
+    #[test]
+    fn night_policy_follows_local_hours_across_midnight() {
+        let a = AlarmsConfig::default();
+        assert!(motion_raises(MotionIncidents::Always, at(12, 0), &a));
+        assert!(!motion_raises(MotionIncidents::Off, at(23, 0), &a));
+        assert!(motion_raises(MotionIncidents::Night, at(23, 0), &a));
+        assert!(motion_raises(MotionIncidents::Night, at(19, 0), &a));
+        assert!(motion_raises(MotionIncidents::Night, at(3, 30), &a));
+        assert!(motion_raises(MotionIncidents::Night, at(6, 59), &a));
+        assert!(!motion_raises(MotionIncidents::Night, at(7, 0), &a));
+        assert!(!motion_raises(MotionIncidents::Night, at(12, 0), &a));
+        assert!(!motion_raises(MotionIncidents::Night, at(18, 59), &a));
+        let day_shift = AlarmsConfig {
+            night_start_hour: 1,
+            night_end_hour: 5,
+            utc_offset_minutes: 0,
+            ..AlarmsConfig::default()
+        };
+        // Local 03:00 at UTC+8 is 19:00 UTC: outside 01-05 UTC.
+        assert!(!motion_raises(MotionIncidents::Night, at(3, 0), &day_shift));
+        assert!(motion_raises(MotionIncidents::Night, at(10, 0), &day_shift));
+    }
 }

@@ -89,6 +89,7 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: &Shutdown,
     camera_changes: mpsc::UnboundedSender<CameraStateChange>,
+    motion: mpsc::UnboundedSender<crate::alarms::MotionNotice>,
 ) -> Result<Pipeline, Error> {
     let storage_dir = cfg.recordings_dir();
     let node = cfg.node.id.clone();

@@ -169,6 +169,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
         .local_addr()
         .err_kind(ErrorKind::Internal, || "read bound address".into())?;
     let (camera_tx, camera_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (motion_tx, motion_rx) = tokio::sync::mpsc::unbounded_channel();
     let pipeline = crate::pipeline::start(
         &cfg,
         store.clone(),
@@ -176,6 +177,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
         clock.clone(),
         &shutdown,
         camera_tx,
+        motion_tx,
     )
     .await?;
     let mut state =
@@ -190,6 +192,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
         crate::alarms::Wiring {
             events: state.events.clone(),
             cameras: camera_rx,
+            motion: motion_rx,
         },
     )?;
     state.health = pipeline.health.clone();

@@ -477,3 +477,48 @@ fn camera_faults_raise_nothing_when_the_policy_says_so() {
     assert_eq!(e.next_deadline(), None);
     assert!(raised(&tick(&mut e, 100_000)).is_empty());
 }
+
+#[test]
+fn motion_raises_one_incident_with_the_cameras_footage_and_clears_when_it_ends() {
+    let mut e = Engine::new(Policy::default(), HashMap::new(), t(0));
+    let motion = |e: &mut Engine, at: i64| {
+        e.handle(Input::Motion {
+            signal: EntityId::new_at(t(at)),
+            camera: "yard".into(),
+            at: t(at),
+        })
+        .unwrap()
+    };
+    let fx = motion(&mut e, 10);
+    let r = raised(&fx);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1, IncidentKind::Motion);
+    let id = r[0].0;
+    assert!(fx.contains(&Effect::Footage {
+        incident: id,
+        camera: "yard".into(),
+        from: t(10 - 60),
+        to: t(10 + 180),
+    }));
+    // Motion again soon after joins it; its end clears the condition, the incident stays.
+    assert!(raised(&motion(&mut e, 50)).is_empty());
+    let fx = e
+        .handle(Input::MotionEnded {
+            camera: "yard".into(),
+            at: t(70),
+        })
+        .unwrap();
+    assert_eq!(
+        fx,
+        vec![Effect::ConditionCleared {
+            incident: id,
+            at: t(70)
+        }]
+    );
+    // Motion is not paged like a panic: no escalation.
+    assert!(
+        tick(&mut e, 1000)
+            .iter()
+            .all(|fx| !matches!(fx, Effect::Escalated { .. }))
+    );
+}

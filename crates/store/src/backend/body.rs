@@ -455,6 +455,40 @@ async fn insert_events(tx: &mut sqlx::Transaction<'_, Db>, events: &[EventRecord
     Ok(())
 }
 
+async fn upsert_motion(tx: &mut sqlx::Transaction<'_, Db>, m: &MotionRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO motion_events (id, node_id, camera_id, zone, start_ms, end_ms, score, boxes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (id) DO UPDATE SET end_ms = excluded.end_ms, score = excluded.score, \
+         boxes = excluded.boxes",
+    )
+    .bind(m.id.to_string())
+    .bind(&m.node_id)
+    .bind(&m.camera_id)
+    .bind(&m.zone)
+    .bind(m.start.as_millis())
+    .bind(m.end.map(Timestamp::as_millis))
+    .bind(m.score)
+    .bind(&m.boxes)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("store motion event"))?;
+    Ok(())
+}
+
+fn motion(row: &DbRow) -> Result<MotionRecord> {
+    Ok(MotionRecord {
+        id: id(row, "id")?,
+        node_id: col(row, "node_id")?,
+        camera_id: col(row, "camera_id")?,
+        zone: col(row, "zone")?,
+        start: ts(row, "start_ms")?,
+        end: opt_ts(row, "end_ms")?,
+        score: col(row, "score")?,
+        boxes: col(row, "boxes")?,
+    })
+}
+
 fn event(row: &DbRow) -> Result<EventRecord> {
     Ok(EventRecord {
         id: id(row, "id")?,
@@ -1314,6 +1348,9 @@ impl crate::Store for StoreImpl {
         for clip in &c.clips {
             upsert_clip(&mut tx, clip).await?;
         }
+        for m in &c.motion {
+            upsert_motion(&mut tx, m).await?;
+        }
         insert_events(&mut tx, &c.events).await?;
         tx.commit().await.map_err(db("commit alarms"))?;
         Ok(())
@@ -1338,6 +1375,28 @@ impl crate::Store for StoreImpl {
                 })
             })
             .collect()
+    }
+
+    async fn list_motion(
+        &self,
+        camera_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<MotionRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, camera_id, zone, start_ms, end_ms, score, boxes FROM motion_events \
+             WHERE camera_id = $1 AND start_ms < $3 AND (end_ms IS NULL OR end_ms > $2) \
+             ORDER BY start_ms, id LIMIT $4",
+        )
+        .bind(camera_id)
+        .bind(from.as_millis())
+        .bind(to.as_millis())
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list motion events"))?;
+        rows.iter().map(motion).collect()
     }
 
     async fn append_events(&self, events: &[EventRecord]) -> Result<()> {
