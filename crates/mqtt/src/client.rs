@@ -143,6 +143,11 @@ pub fn start(
         opts.set_credentials(u.clone(), p.clone());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // A PUBACK is a few bytes sent only after a commit; Nagle would hold it back until the
+    // broker's delayed ACK fires, adding tens of milliseconds to every press.
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let link = DeviceLink {
         client: client.clone(),
     };

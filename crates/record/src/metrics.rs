@@ -79,8 +79,8 @@ impl RecordMetrics {
         Self::register(&Registry::new()).expect("fresh registry")
     }
 
-    pub(crate) fn dropped(&self, camera: &str) {
-        self.dropped.with_label_values(&[camera]).inc();
+    pub(crate) fn dropped_n(&self, camera: &str, frames: u64) {
+        self.dropped.with_label_values(&[camera]).inc_by(frames);
     }
 
     pub(crate) fn write_error(&self, camera: &str) {

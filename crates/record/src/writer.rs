@@ -75,12 +75,26 @@ enum Msg {
     Started,
     /// Frames were dropped (queue full) right here in the sequence.
     Dropped(u64),
-    Frame(VideoFrame),
+    /// Frames in order: sent a batch at a time so the writer thread wakes a few times a second
+    /// per camera instead of once per frame.
+    Frames(Vec<VideoFrame>),
     Ended {
         at: Timestamp,
         reason: String,
     },
     Stop,
+}
+
+/// Frames wait this long at most in a batch before they go to the writer thread (the recovery
+/// point grows by at most this much).
+const BATCH_MAX_AGE: Duration = Duration::from_millis(250);
+/// ...and a batch holds at most this many.
+const BATCH_MAX_FRAMES: usize = 32;
+
+#[derive(Debug, Default)]
+struct Batch {
+    frames: Vec<VideoFrame>,
+    since: Option<Instant>,
 }
 
 /// The ingest side of a writer: every call returns at once.
@@ -90,31 +104,64 @@ pub struct WriterHandle {
     dropped: Arc<AtomicU64>,
     camera: String,
     metrics: RecordMetrics,
+    batch: Arc<std::sync::Mutex<Batch>>,
 }
 
 impl WriterHandle {
     pub fn session_started(&self) {
-        self.send(Msg::Started);
+        self.flush();
+        self.send(Msg::Started, 0);
     }
 
+    /// Queues a frame. A key frame goes out at once with the frames before it (the writer
+    /// closes the previous fragment on it); other frames wait in a batch for at most
+    /// [`BATCH_MAX_AGE`].
     pub fn frame(&self, f: &VideoFrame) {
-        self.send(Msg::Frame(f.clone()));
+        let full = {
+            let mut b = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            b.since.get_or_insert_with(Instant::now);
+            b.frames.push(f.clone());
+            f.is_key
+                || b.frames.len() >= BATCH_MAX_FRAMES
+                || b.since.is_some_and(|s| s.elapsed() >= BATCH_MAX_AGE)
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        let frames = {
+            let mut b = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            b.since = None;
+            std::mem::take(&mut b.frames)
+        };
+        if !frames.is_empty() {
+            let n = frames.len() as u64;
+            self.send(Msg::Frames(frames), n);
+        }
     }
 
     pub fn session_ended(&self, at: Timestamp, reason: &str) {
-        self.send(Msg::Ended {
-            at,
-            reason: reason.to_owned(),
-        });
+        self.flush();
+        self.send(
+            Msg::Ended {
+                at,
+                reason: reason.to_owned(),
+            },
+            0,
+        );
     }
 
     /// Asks the writer to close its file and exit; does not wait.
     pub fn stop(&self) {
+        self.flush();
         // Stop must get through even when the queue is full.
         let _ = self.tx.send(Msg::Stop);
     }
 
-    fn send(&self, m: Msg) {
+    /// `frames`: how many frames `m` carries, counted as dropped if it does not fit.
+    fn send(&self, m: Msg, frames: u64) {
         // Drops are reported in sequence, before the next message that gets through, so the
         // writer cuts its file and opens the gap exactly where frames went missing.
         let pending = self.dropped.load(Ordering::Relaxed);
@@ -124,8 +171,8 @@ impl WriterHandle {
                     self.dropped.fetch_sub(pending, Ordering::Relaxed);
                 }
                 Err(TrySendError::Full(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.dropped(&self.camera);
+                    self.dropped.fetch_add(frames.max(1), Ordering::Relaxed);
+                    self.metrics.dropped_n(&self.camera, frames.max(1));
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => return,
@@ -134,8 +181,8 @@ impl WriterHandle {
         match self.tx.try_send(m) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.metrics.dropped(&self.camera);
+                self.dropped.fetch_add(frames.max(1), Ordering::Relaxed);
+                self.metrics.dropped_n(&self.camera, frames.max(1));
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -148,12 +195,15 @@ pub fn spawn(
     index: UnboundedSender<IndexEvent>,
     metrics: RecordMetrics,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_frames.max(8));
+    // Counted in messages, most of which carry a batch of a few frames (a quarter of a second,
+    // or up to a key frame): a quarter as many messages hold about as many frames.
+    let (tx, rx) = std::sync::mpsc::sync_channel((cfg.queue_frames / 4).max(8));
     let handle = WriterHandle {
         tx,
         dropped: Arc::new(AtomicU64::new(0)),
         camera: cfg.camera_id.clone(),
         metrics: metrics.clone(),
+        batch: Arc::default(),
     };
     let name = format!("rec-{}", cfg.camera_id);
     let join = std::thread::Builder::new().name(name).spawn(move || {
@@ -241,7 +291,11 @@ impl Writer {
                     );
                     self.end_recording(None, &format!("disk too slow: {n} frames dropped"));
                 }
-                Msg::Frame(f) => self.frame(f),
+                Msg::Frames(frames) => {
+                    for f in frames {
+                        self.frame(f);
+                    }
+                }
             }
         }
     }
@@ -654,16 +708,19 @@ mod tests {
             dropped: Arc::new(AtomicU64::new(0)),
             camera: "cam".into(),
             metrics,
+            batch: Arc::default(),
         };
         let p = h264_params();
         let base = 1_000_000_i64 * 90;
-        let frame_at = |i: i64| frame(&p, base + i * TICK, i % 10 == 0, 200, 0);
-        // The disk is stuck: only 8 messages fit, the other 13 are dropped.
+        // A key frame every other frame: each key frame sends a batch of two.
+        let frame_at = |i: i64| frame(&p, base + i * TICK, i % 2 == 0, 200, 0);
+        // The disk is stuck: 8 messages fit (the session start, frame 0, then frames 1 to 12
+        // in pairs); the pairs 13-14, 15-16 and 17-18 are dropped; 19 waits in its batch.
         handle.session_started();
         for i in 0..20 {
             handle.frame(&frame_at(i));
         }
-        assert_eq!(handle.dropped.load(Ordering::Relaxed), 13);
+        assert_eq!(handle.dropped.load(Ordering::Relaxed), 6);
         let Rig {
             w,
             mut rx,
@@ -692,10 +749,10 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "segment 7",
-                "gap disk too slow: 13 frames dropped",
-                "resume 3000",
-                "segment 15",
+                "segment 13",
+                "gap disk too slow: 6 frames dropped",
+                "resume 2600",
+                "segment 19",
                 "gap service stopped"
             ]
         );

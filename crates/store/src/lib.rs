@@ -186,6 +186,48 @@ pub trait Store: Send + Sync + Debug {
         error: &str,
     ) -> Result<()>;
 
+    /// What a sink's drainer may send now without breaking any channel's order. A channel's
+    /// head is its oldest undelivered, unexpired entry (by id); a channel whose head is not yet
+    /// due (a failed attempt waiting for its retry) is left out whole, so it blocks only itself.
+    /// From every due channel come up to `per_channel` consecutive entries from the head on;
+    /// channels are ordered by their head's priority, then its id, so an urgent channel
+    /// overtakes a backlog of others. At most `limit` entries, each channel's in id order.
+    async fn due_outbox(
+        &self,
+        sink: &str,
+        now: Timestamp,
+        per_channel: u32,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Writes the results of a drain round in one transaction (one commit instead of one per
+    /// entry). Results for entries already delivered or expired are skipped (a restarted
+    /// drainer may resend what its predecessor delivered but did not record). Returns how many
+    /// rows changed.
+    async fn record_outbox_results(&self, results: &[OutboxResult]) -> Result<u64>;
+    /// Expires the undelivered entries of `sink` created before `before`, recording `reason`
+    /// as their last error. Returns what was expired.
+    async fn expire_outbox(
+        &self,
+        sink: &str,
+        before: Timestamp,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<Vec<ExpiredOutbox>>;
+    /// While the undelivered payload bytes of `sink` exceed `max_bytes`, expires entries
+    /// lowest priority (highest number) first and oldest first within a priority. Entries with
+    /// `priority <= keep_priority` are never expired by this budget.
+    async fn expire_outbox_over_budget(
+        &self,
+        sink: &str,
+        max_bytes: i64,
+        keep_priority: i64,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<Vec<ExpiredOutbox>>;
+    async fn outbox_stats(&self, sink: &str) -> Result<OutboxStats>;
+    /// Deletes entries (of every sink) delivered or expired before `before`; returns how many.
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64>;
+
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
     /// Audit entries at or after `since`, oldest first.
     async fn list_audit(&self, since: Timestamp, limit: u32) -> Result<Vec<AuditEntry>>;

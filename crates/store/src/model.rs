@@ -239,6 +239,51 @@ pub struct OutboxEntry {
     pub expired_at: Option<Timestamp>,
 }
 
+/// What became of one delivery attempt; a drain round writes its results in one transaction
+/// with [`crate::Store::record_outbox_results`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutboxResult {
+    /// The sink acknowledged it: never sent again.
+    Delivered { id: EntityId, at: Timestamp },
+    /// A retryable failure: the entry (and so its channel) waits until `next_attempt`.
+    Failed {
+        id: EntityId,
+        next_attempt: Timestamp,
+        error: String,
+    },
+    /// The sink refused it for good: it is expired with `error` as the reason, which unblocks
+    /// the rest of its channel.
+    Rejected {
+        id: EntityId,
+        at: Timestamp,
+        error: String,
+    },
+}
+
+/// The undelivered, unexpired part of one sink's outbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    /// Payload bytes.
+    pub bytes: i64,
+    /// Creation time of the oldest entry.
+    pub oldest: Option<Timestamp>,
+    /// When the earliest channel head becomes due (may be in the past).
+    pub next_due: Option<Timestamp>,
+}
+
+/// An entry given up on by [`crate::Store::expire_outbox`] or
+/// [`crate::Store::expire_outbox_over_budget`], for the caller to count and log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredOutbox {
+    pub id: EntityId,
+    pub channel: String,
+    pub priority: i64,
+    pub created_at: Timestamp,
+    pub attempts: i64,
+    pub bytes: i64,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActorKind {

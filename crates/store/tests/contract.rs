@@ -68,6 +68,8 @@ contract!(
     incident_clips_only_widen,
     retention_holds_incident_clips,
     events_page_in_id_order_and_prune_by_age,
+    outbox_due_keeps_each_channel_in_order,
+    outbox_expires_by_age_and_budget_and_prunes,
 );
 
 async fn migrations_are_idempotent(s: Arc<dyn Store>, _db: &TestDb) {
@@ -792,6 +794,200 @@ async fn outbox_order_retry_and_delivery(s: Arc<dyn Store>, _db: &TestDb) {
             .len(),
         1
     );
+}
+
+fn bodies(entries: &[OutboxEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect()
+}
+
+async fn outbox_due_keeps_each_channel_in_order(s: Arc<dyn Store>, _db: &TestDb) {
+    let a0 = ob("up", "a", 5, 0, "a0");
+    let a1 = ob("up", "a", 5, 10, "a1");
+    // Escalated within its incident: still behind a0 and a1, its channel's order wins.
+    let a2 = ob("up", "a", 1, 20, "a2");
+    let b0 = ob("up", "b", 5, 5, "b0");
+    let b1 = ob("up", "b", 5, 15, "b1");
+    let u0 = ob("up", "u", 1, 100, "u0");
+    let elsewhere = ob("other", "a", 1, 1, "x");
+    s.enqueue_outbox(&[
+        a0.clone(),
+        a1.clone(),
+        a2,
+        b0.clone(),
+        b1,
+        u0.clone(),
+        elsewhere,
+    ])
+    .await
+    .unwrap();
+
+    let due = s.due_outbox("up", t(1000), 10, 100).await.unwrap();
+    assert_eq!(bodies(&due), ["u0", "a0", "a1", "a2", "b0", "b1"]);
+    assert_eq!(due[0], u0, "entries come back unchanged");
+    let due = s.due_outbox("up", t(1000), 2, 100).await.unwrap();
+    assert_eq!(bodies(&due), ["u0", "a0", "a1", "b0", "b1"]);
+    let due = s.due_outbox("up", t(1000), 10, 3).await.unwrap();
+    assert_eq!(bodies(&due), ["u0", "a0", "a1"]);
+    // Heads not yet due: nothing.
+    assert!(s.due_outbox("up", t(-1), 10, 100).await.unwrap().is_empty());
+
+    // A failed head holds back its own channel only, until its retry time.
+    let n = s
+        .record_outbox_results(&[
+            OutboxResult::Failed {
+                id: a0.id,
+                next_attempt: t(5000),
+                error: "500 from the city".into(),
+            },
+            OutboxResult::Delivered {
+                id: u0.id,
+                at: t(1000),
+            },
+            OutboxResult::Delivered {
+                id: b0.id,
+                at: t(1001),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let due = s.due_outbox("up", t(1000), 10, 100).await.unwrap();
+    assert_eq!(bodies(&due), ["b1"]);
+    let due = s.due_outbox("up", t(5000), 10, 100).await.unwrap();
+    assert_eq!(bodies(&due), ["a0", "a1", "a2", "b1"]);
+    assert_eq!(
+        (due[0].attempts, due[0].last_error.as_deref()),
+        (1, Some("500 from the city"))
+    );
+
+    // Results for what is already delivered are skipped, not errors: a restarted drainer may
+    // resend what its predecessor delivered but did not record.
+    let n = s
+        .record_outbox_results(&[
+            OutboxResult::Delivered {
+                id: u0.id,
+                at: t(2000),
+            },
+            OutboxResult::Failed {
+                id: b0.id,
+                next_attempt: t(9000),
+                error: "late".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // A refused entry is expired and unblocks the rest of its channel.
+    s.record_outbox_results(&[OutboxResult::Rejected {
+        id: a0.id,
+        at: t(1100),
+        error: "payload too large".into(),
+    }])
+    .await
+    .unwrap();
+    let due = s.due_outbox("up", t(1100), 10, 100).await.unwrap();
+    assert_eq!(bodies(&due), ["a1", "a2", "b1"]);
+    assert_eq!(due[0].id, a1.id);
+    let stats = s.outbox_stats("up").await.unwrap();
+    assert_eq!((stats.pending, stats.oldest), (3, Some(t(10))));
+    assert_eq!(stats.next_due, Some(t(10)), "a1's own schedule");
+}
+
+async fn outbox_expires_by_age_and_budget_and_prunes(s: Arc<dyn Store>, _db: &TestDb) {
+    let body = "x".repeat(100);
+    let e = |ch: &str, prio, at| ob("up", ch, prio, at, &body);
+    let (old, p5a, p3, p1, p5b) = (
+        e("c0", 5, 0),
+        e("c1", 5, 10),
+        e("c2", 3, 20),
+        e("c3", 1, 30),
+        e("c4", 5, 40),
+    );
+    let other = ob("other", "c0", 5, 0, &body);
+    s.enqueue_outbox(&[
+        old.clone(),
+        p5a.clone(),
+        p3.clone(),
+        p1.clone(),
+        p5b.clone(),
+        other,
+    ])
+    .await
+    .unwrap();
+    let stats = s.outbox_stats("up").await.unwrap();
+    assert_eq!(
+        stats,
+        OutboxStats {
+            pending: 5,
+            bytes: 500,
+            oldest: Some(t(0)),
+            next_due: Some(t(0)),
+        }
+    );
+    assert_eq!(
+        s.outbox_stats("nobody").await.unwrap(),
+        OutboxStats::default()
+    );
+
+    // By age: everything created before the horizon, whatever its priority.
+    let gone = s
+        .expire_outbox("up", t(5), t(1000), "expired: older than max_age")
+        .await
+        .unwrap();
+    assert_eq!(
+        gone,
+        [ExpiredOutbox {
+            id: old.id,
+            channel: "c0".into(),
+            priority: 5,
+            created_at: t(0),
+            attempts: 0,
+            bytes: 100,
+        }]
+    );
+    assert!(
+        s.expire_outbox("up", t(5), t(1000), "again")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // By bytes: lowest priority first, oldest first within it, until under the budget.
+    let gone = s
+        .expire_outbox_over_budget("up", 150, 1, t(1000), "expired: over max_bytes")
+        .await
+        .unwrap();
+    assert_eq!(
+        gone.iter().map(|g| g.id).collect::<Vec<_>>(),
+        [p5a.id, p5b.id, p3.id]
+    );
+    // Priority 1 is never expired by the budget, even when over it.
+    assert!(
+        s.expire_outbox_over_budget("up", 0, 1, t(1000), "over")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = s.due_outbox("up", t(1000), 10, 100).await.unwrap();
+    assert_eq!(due.iter().map(|e| e.id).collect::<Vec<_>>(), [p1.id]);
+    assert!(s.pending_outbox("up", t(1000), 10).await.unwrap().len() == 1);
+    assert_eq!(s.outbox_stats("up").await.unwrap().bytes, 100);
+    assert_eq!(s.outbox_stats("other").await.unwrap().pending, 1);
+
+    // Delivered and expired rows go once older than the horizon; pending ones stay.
+    s.record_outbox_results(&[OutboxResult::Delivered {
+        id: p1.id,
+        at: t(1500),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.prune_outbox(t(1200)).await.unwrap(), 4);
+    assert_eq!(s.prune_outbox(t(2000)).await.unwrap(), 1);
+    assert_eq!(s.outbox_stats("other").await.unwrap().pending, 1);
 }
 
 async fn audit_log_is_append_only(s: Arc<dyn Store>, db: &TestDb) {

@@ -201,6 +201,7 @@ pub fn start(
         alarms_cfg: cfg.alarms.clone(),
         motion_ids: HashMap::new(),
         pending_motion: Vec::new(),
+        cache: HashMap::new(),
     };
     let shutdown = shutdown.clone();
     let (desk_tx, desk_rx) = mpsc::channel(64);
@@ -313,6 +314,10 @@ struct Shell {
     motion_ids: HashMap<(String, String, Timestamp), EntityId>,
     /// Motion rows for the next commit.
     pending_motion: Vec<MotionRecord>,
+    /// Open incidents as this node last committed them: only this node changes its incidents
+    /// (operator actions come through it too), so a batch need not read them back. Cleared
+    /// whenever a commit fails.
+    cache: HashMap<EntityId, Incident>,
 }
 
 /// Said after a commit: to a device on its ack topic, or to the log.
@@ -838,8 +843,19 @@ impl Shell {
         if draft.commit.is_empty() {
             return Ok(());
         }
-        self.store.commit_alarms(&draft.commit).await?;
+        if let Err(e) = self.store.commit_alarms(&draft.commit).await {
+            self.cache.clear();
+            return Err(e);
+        }
         self.pending_motion.clear();
+        for id in &draft.order {
+            let i = &draft.current[id];
+            if i.state == IncidentState::Resolved {
+                self.cache.remove(id);
+            } else {
+                self.cache.insert(*id, i.clone());
+            }
+        }
         if !draft.commit.events.is_empty() {
             self.events.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -1049,9 +1065,12 @@ impl Shell {
         let cur = match d.current.get(&id) {
             Some(c) => c.clone(),
             None => {
-                let c = self.store.get_incident(id).await?.ok_or_else(|| {
-                    Error::new(ErrorKind::NotFound, format!("incident {id} is not stored"))
-                })?;
+                let c = match self.cache.get(&id) {
+                    Some(c) => c.clone(),
+                    None => self.store.get_incident(id).await?.ok_or_else(|| {
+                        Error::new(ErrorKind::NotFound, format!("incident {id} is not stored"))
+                    })?,
+                };
                 d.before.insert(id, Some(c.clone()));
                 d.order.push(id);
                 c
@@ -1085,8 +1104,25 @@ impl Shell {
             None
         };
         next.signal_count += u.add_signals.len() as i64;
-        next.version += 1;
-        d.commit.updates.push(u);
+        // Back-to-back changes of one incident without a history row (presses joining,
+        // escalation, condition) go out as one UPDATE: a storm then costs a statement per
+        // incident and batch, not per press.
+        match d.commit.updates.last_mut() {
+            Some(last) if last.id == id && u.change.is_none() => {
+                last.at = u.at;
+                last.state = u.state;
+                last.condition = u.condition;
+                last.outcome = u.outcome;
+                last.priority = u.priority;
+                last.escalation_level = u.escalation_level;
+                last.add_signals.extend(u.add_signals);
+                last.outbox.extend(u.outbox);
+            }
+            _ => {
+                next.version += 1;
+                d.commit.updates.push(u);
+            }
+        }
         d.current.insert(id, next.clone());
         Ok(next)
     }

@@ -390,7 +390,10 @@ fn cameras(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) -> 
             out.push((m.key("analysis_fps"), "must be between 1 and 30".into()));
         }
         if !(1..=600).contains(&c.motion.cooldown_seconds) {
-            out.push((m.key("cooldown_seconds"), "must be between 1 and 600".into()));
+            out.push((
+                m.key("cooldown_seconds"),
+                "must be between 1 and 600".into(),
+            ));
         }
         let mut zone_names = HashSet::new();
         for (z, zone) in c.motion.zones.iter().enumerate() {

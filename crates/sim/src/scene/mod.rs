@@ -273,6 +273,18 @@ impl NormBox {
         }
     }
 
+    /// Rounded to 1e-5 (a hundredth of a pixel at 1080p), so JSON shows `1.0175`, not the
+    /// f32 arithmetic's `1.0174999`.
+    fn rounded(self) -> NormBox {
+        let r = |v: f32| ((f64::from(v) * 1e5).round() / 1e5) as f32;
+        NormBox {
+            x: r(self.x),
+            y: r(self.y),
+            w: r(self.w),
+            h: r(self.h),
+        }
+    }
+
     /// The part inside the frame, if any.
     pub fn clipped(&self) -> Option<NormBox> {
         let x0 = self.x.max(0.0);
@@ -700,8 +712,8 @@ pub fn ground_truth(spec: &SceneSpec) -> GroundTruth {
                 start_frame: frame_at(start_s),
                 end_frame: frame_at(end_s).min(spec.frame_count()),
                 real_motion: e.kind().real_motion(),
-                box_start: e.box_at(start_s),
-                box_end: e.box_at(end_s),
+                box_start: e.box_at(start_s).map(NormBox::rounded),
+                box_end: e.box_at(end_s).map(NormBox::rounded),
             }
         })
         .collect();

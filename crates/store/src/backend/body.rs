@@ -175,6 +175,20 @@ fn outbox(row: &DbRow) -> Result<OutboxEntry> {
     })
 }
 
+const OUTBOX_COLS_O: &str = "o.id, o.node_id, o.sink, o.channel, o.priority, o.created_ms, \
+     o.payload, o.attempts, o.next_attempt_ms, o.last_error, o.delivered_ms, o.expired_ms";
+
+fn expired_outbox(row: &DbRow) -> Result<ExpiredOutbox> {
+    Ok(ExpiredOutbox {
+        id: id(row, "id")?,
+        channel: col(row, "channel")?,
+        priority: col(row, "priority")?,
+        created_at: ts(row, "created_ms")?,
+        attempts: col(row, "attempts")?,
+        bytes: col(row, "bytes")?,
+    })
+}
+
 fn audit(row: &DbRow) -> Result<AuditEntry> {
     let kind: String = col(row, "actor_kind")?;
     let actor_kind = match kind.as_str() {
@@ -335,22 +349,140 @@ async fn insert_change(tx: &mut sqlx::Transaction<'_, Db>, c: &IncidentChange) -
     Ok(())
 }
 
+/// `($1, $2, ...), ($k+1, ...)`: placeholders for `rows` rows of `cols` values.
+fn value_rows(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// Rows per multi-row statement: far below both engines' parameter limits.
+const ROWS_PER_STATEMENT: usize = 200;
+
 async fn link_signals(
     tx: &mut sqlx::Transaction<'_, Db>,
     incident: EntityId,
     signals: &[EntityId],
 ) -> Result<()> {
-    for s in signals {
-        sqlx::query(
-            "INSERT INTO incident_signals (incident_id, signal_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(incident.to_string())
-        .bind(s.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(db("link signal to incident"))?;
+    let incident = incident.to_string();
+    for chunk in signals.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO incident_signals (incident_id, signal_id) VALUES {} ON CONFLICT DO NOTHING",
+            value_rows(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            q = q.bind(incident.clone()).bind(s.to_string());
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(db("link signals to incident"))?;
     }
     Ok(())
+}
+
+/// Inserts signals with one statement per chunk and reads back, per (source, id, seq), which
+/// row is stored: ours (inserted) or an earlier one (a duplicate, possibly earlier in the
+/// same batch).
+async fn insert_signals_tx(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    signals: &[Signal],
+) -> Result<Vec<SignalInsert>> {
+    let mut out = Vec::with_capacity(signals.len());
+    for chunk in signals.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO alarm_signals (id, node_id, source, source_id, seq, kind, device_ts_ms, received_ms, payload) \
+             VALUES {} ON CONFLICT (source, source_id, seq) DO NOTHING",
+            value_rows(chunk.len(), 9)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            q = q
+                .bind(s.id.to_string())
+                .bind(&s.node_id)
+                .bind(s.source.as_str())
+                .bind(&s.source_id)
+                .bind(s.seq)
+                .bind(&s.kind)
+                .bind(s.device_ts.map(Timestamp::as_millis))
+                .bind(s.received_at.as_millis())
+                .bind(&s.payload);
+        }
+        q.execute(&mut **tx).await.map_err(db("insert signals"))?;
+        let keyed: Vec<&Signal> = chunk.iter().filter(|s| s.seq.is_some()).collect();
+        let mut stored = std::collections::HashMap::new();
+        if !keyed.is_empty() {
+            let sql = format!(
+                "SELECT id, source, source_id, seq FROM alarm_signals \
+                 WHERE (source, source_id, seq) IN (VALUES {})",
+                value_rows(keyed.len(), 3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for s in &keyed {
+                q = q.bind(s.source.as_str()).bind(&s.source_id).bind(s.seq);
+            }
+            for r in q
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db("find stored signals"))?
+            {
+                let key: (String, String, i64) =
+                    (col(&r, "source")?, col(&r, "source_id")?, col(&r, "seq")?);
+                stored.insert(key, id(&r, "id")?);
+            }
+        }
+        for s in chunk {
+            let Some(seq) = s.seq else {
+                out.push(SignalInsert::Inserted);
+                continue;
+            };
+            let key = (s.source.as_str().to_owned(), s.source_id.clone(), seq);
+            match stored.get(&key) {
+                Some(first) if *first == s.id => out.push(SignalInsert::Inserted),
+                Some(first) => out.push(SignalInsert::Duplicate(*first)),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("signal {} was neither stored nor found", s.id),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One report per device, as the sequence of reports adds up to: the latest time, and the
+/// latest value of each field that was reported.
+fn merge_statuses(statuses: &[DeviceStatus]) -> Vec<DeviceStatus> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut merged: std::collections::HashMap<&str, DeviceStatus> = Default::default();
+    let mut sorted: Vec<&DeviceStatus> = statuses.iter().collect();
+    sorted.sort_by_key(|s| s.at);
+    for s in sorted {
+        let e = merged.entry(&s.device_id).or_insert_with(|| {
+            order.push(&s.device_id);
+            s.clone()
+        });
+        e.at = e.at.max(s.at);
+        e.online = s.online.or(e.online);
+        e.battery = s.battery.or(e.battery);
+        e.rssi = s.rssi.or(e.rssi);
+    }
+    order.into_iter().filter_map(|d| merged.remove(d)).collect()
 }
 
 async fn create_incident_tx(tx: &mut sqlx::Transaction<'_, Db>, new: &NewIncident) -> Result<()> {
@@ -1324,13 +1456,10 @@ impl crate::Store for StoreImpl {
         signals: &[Signal],
     ) -> Result<Vec<SignalInsert>> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        for st in statuses {
-            device_status_tx(&mut tx, st).await?;
+        for st in merge_statuses(statuses) {
+            device_status_tx(&mut tx, &st).await?;
         }
-        let mut out = Vec::with_capacity(signals.len());
-        for sig in signals {
-            out.push(insert_signal_tx(&mut tx, sig).await?);
-        }
+        let out = insert_signals_tx(&mut tx, signals).await?;
         tx.commit().await.map_err(db("commit device batch"))?;
         Ok(out)
     }
@@ -1499,6 +1628,231 @@ impl crate::Store for StoreImpl {
         .await
         .map_err(db("mark outbox failed"))?;
         Ok(())
+    }
+
+    async fn due_outbox(
+        &self,
+        sink: &str,
+        now: Timestamp,
+        per_channel: u32,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        // The window numbers each channel's live entries in id order; only ids and order keys
+        // go through it, payloads are joined in at the end.
+        let sql = format!(
+            "WITH live AS ( \
+                 SELECT id, channel, priority, next_attempt_ms, \
+                        ROW_NUMBER() OVER (PARTITION BY channel ORDER BY id) AS rn \
+                 FROM outbox \
+                 WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL \
+             ), heads AS ( \
+                 SELECT channel, priority AS head_priority, id AS head_id \
+                 FROM live WHERE rn = 1 AND next_attempt_ms <= $2 \
+             ), picked AS ( \
+                 SELECT live.id AS pick_id, heads.head_priority, heads.head_id, live.rn \
+                 FROM live JOIN heads ON heads.channel = live.channel \
+                 WHERE live.rn <= $3 \
+                 ORDER BY heads.head_priority, heads.head_id, live.rn \
+                 LIMIT $4 \
+             ) \
+             SELECT {OUTBOX_COLS_O} FROM picked JOIN outbox o ON o.id = picked.pick_id \
+             ORDER BY picked.head_priority, picked.head_id, picked.rn"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(sink)
+            .bind(now.as_millis())
+            .bind(i64::from(per_channel.max(1)))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list due outbox entries"))?;
+        rows.iter().map(outbox).collect()
+    }
+
+    async fn record_outbox_results(&self, results: &[OutboxResult]) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut changed = 0;
+        for r in results {
+            let q = match r {
+                OutboxResult::Delivered { id, at } => sqlx::query(
+                    "UPDATE outbox SET delivered_ms = $2, attempts = attempts + 1, \
+                     last_error = NULL WHERE id = $1 AND delivered_ms IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(at.as_millis()),
+                OutboxResult::Failed {
+                    id,
+                    next_attempt,
+                    error,
+                } => sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $2, \
+                     last_error = $3 \
+                     WHERE id = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(next_attempt.as_millis())
+                .bind(error.as_str()),
+                OutboxResult::Rejected { id, at, error } => sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, expired_ms = $2, last_error = $3 \
+                     WHERE id = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(at.as_millis())
+                .bind(error.as_str()),
+            };
+            changed += q
+                .execute(&mut *tx)
+                .await
+                .map_err(db("record outbox result"))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db("commit outbox results"))?;
+        Ok(changed)
+    }
+
+    async fn expire_outbox(
+        &self,
+        sink: &str,
+        before: Timestamp,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<Vec<ExpiredOutbox>> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET expired_ms = $3, last_error = $4 \
+             WHERE sink = $1 AND created_ms < $2 AND delivered_ms IS NULL AND expired_ms IS NULL \
+             RETURNING id, channel, priority, created_ms, attempts, \
+             CAST(LENGTH(payload) AS BIGINT) AS bytes",
+        )
+        .bind(sink)
+        .bind(before.as_millis())
+        .bind(at.as_millis())
+        .bind(reason)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("expire old outbox entries"))?;
+        let mut out = rows
+            .iter()
+            .map(expired_outbox)
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    async fn expire_outbox_over_budget(
+        &self,
+        sink: &str,
+        max_bytes: i64,
+        keep_priority: i64,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<Vec<ExpiredOutbox>> {
+        const PAGE: i64 = 1_000;
+        let total: i64 = sqlx::query(
+            "SELECT COALESCE(CAST(SUM(LENGTH(payload)) AS BIGINT), 0) AS bytes FROM outbox \
+             WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+        )
+        .bind(sink)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("sum outbox bytes"))
+        .and_then(|r| col(&r, "bytes"))?;
+        let mut excess = total - max_bytes;
+        if excess <= 0 {
+            return Ok(Vec::new());
+        }
+        // Choose the victims first (reads only), then expire them in one write transaction, so
+        // a SQLite reader never has to upgrade to a writer mid-transaction.
+        let mut victims = Vec::new();
+        let mut offset = 0;
+        while excess > 0 {
+            let rows = sqlx::query(
+                "SELECT id, channel, priority, created_ms, attempts, \
+                 CAST(LENGTH(payload) AS BIGINT) AS bytes FROM outbox \
+                 WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL \
+                 AND priority > $2 ORDER BY priority DESC, id LIMIT $3 OFFSET $4",
+            )
+            .bind(sink)
+            .bind(keep_priority)
+            .bind(PAGE)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list outbox entries to expire"))?;
+            if rows.is_empty() {
+                break;
+            }
+            offset += PAGE;
+            for r in &rows {
+                let v = expired_outbox(r)?;
+                excess -= v.bytes;
+                victims.push(v);
+                if excess <= 0 {
+                    break;
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut expired = Vec::with_capacity(victims.len());
+        for v in victims {
+            let n = sqlx::query(
+                "UPDATE outbox SET expired_ms = $2, last_error = $3 \
+                 WHERE id = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+            )
+            .bind(v.id.to_string())
+            .bind(at.as_millis())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("expire outbox entry"))?
+            .rows_affected();
+            // Delivered (or expired) since it was chosen: it no longer counts.
+            if n == 1 {
+                expired.push(v);
+            }
+        }
+        tx.commit().await.map_err(db("commit outbox expiry"))?;
+        Ok(expired)
+    }
+
+    async fn outbox_stats(&self, sink: &str) -> Result<OutboxStats> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(CAST(SUM(LENGTH(payload)) AS BIGINT), 0) AS bytes, \
+             MIN(created_ms) AS oldest_ms FROM outbox \
+             WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+        )
+        .bind(sink)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("outbox stats"))?;
+        let due = sqlx::query(
+            "SELECT MIN(o.next_attempt_ms) AS due_ms FROM outbox o JOIN ( \
+                 SELECT MIN(id) AS head FROM outbox \
+                 WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL \
+                 GROUP BY channel \
+             ) h ON o.id = h.head",
+        )
+        .bind(sink)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("outbox next due"))?;
+        Ok(OutboxStats {
+            pending: col(&r, "n")?,
+            bytes: col(&r, "bytes")?,
+            oldest: opt_ts(&r, "oldest_ms")?,
+            next_due: opt_ts(&due, "due_ms")?,
+        })
+    }
+
+    async fn prune_outbox(&self, before: Timestamp) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM outbox WHERE (delivered_ms IS NOT NULL AND delivered_ms < $1) \
+             OR (expired_ms IS NOT NULL AND expired_ms < $1)",
+        )
+        .bind(before.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db("prune outbox"))?;
+        Ok(r.rows_affected())
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> Result<()> {
