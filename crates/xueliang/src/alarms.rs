@@ -201,6 +201,8 @@ pub fn start(
         alarms_cfg: cfg.alarms.clone(),
         motion_ids: HashMap::new(),
         pending_motion: Vec::new(),
+        boost: wiring.boost,
+        outbound: wiring.outbound,
         cache: HashMap::new(),
     };
     let shutdown = shutdown.clone();
@@ -221,15 +223,27 @@ pub fn start(
     }))
 }
 
+/// Asks a camera's motion detector to analyse at full rate until then.
+pub type Booster = Arc<dyn Fn(&str, Timestamp) + Send + Sync>;
+
 /// What the alarm shell shares with the rest of the node.
-#[derive(Debug)]
 pub struct Wiring {
+    /// Called for each camera whose footage an alarm keeps.
+    pub boost: Booster,
+    /// What goes upstream (the outbox), written with each change.
+    pub outbound: crate::bridge::Outbound,
     /// Bumped after every commit that wrote events (the API's event streams wait on it).
     pub events: Arc<watch::Sender<u64>>,
     /// Camera state changes from ingest, after they were stored.
     pub cameras: mpsc::UnboundedReceiver<CameraStateChange>,
     /// Motion detectors' events.
     pub motion: mpsc::UnboundedReceiver<MotionNotice>,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring").finish_non_exhaustive()
+    }
 }
 
 /// Where a motion event is in its life.
@@ -314,6 +328,8 @@ struct Shell {
     motion_ids: HashMap<(String, String, Timestamp), EntityId>,
     /// Motion rows for the next commit.
     pending_motion: Vec<MotionRecord>,
+    boost: Booster,
+    outbound: crate::bridge::Outbound,
     /// Open incidents as this node last committed them: only this node changes its incidents
     /// (operator actions come through it too), so a batch need not read them back. Cleared
     /// whenever a commit fails.
@@ -829,8 +845,24 @@ impl Shell {
             let payload =
                 serde_json::json!({"type": kind, "before": before, "after": after}).to_string();
             published.push(payload.clone());
+            let event_id = EntityId::new_ordered(now);
+            let upstream = self.outbound.entries(event_id, after, kind, now);
+            if !upstream.is_empty() {
+                // In the transaction of the change itself, on its incident's row.
+                if let Some(c) = draft
+                    .commit
+                    .creates
+                    .iter_mut()
+                    .find(|c| c.incident.id == *id)
+                {
+                    c.outbox.extend(upstream);
+                } else if let Some(u) = draft.commit.updates.iter_mut().rev().find(|u| u.id == *id)
+                {
+                    u.outbox.extend(upstream);
+                }
+            }
             draft.commit.events.push(EventRecord {
-                id: EntityId::new_ordered(now),
+                id: event_id,
                 node_id: self.node.clone(),
                 at: now,
                 topic: "alarm".into(),
@@ -848,6 +880,9 @@ impl Shell {
             return Err(e);
         }
         self.pending_motion.clear();
+        if !draft.order.is_empty() {
+            self.outbound.wake();
+        }
         for id in &draft.order {
             let i = &draft.current[id];
             if i.state == IncidentState::Resolved {
@@ -1041,12 +1076,16 @@ impl Shell {
                 from,
                 to,
                 incident,
-            } => d.commit.clips.push(IncidentClip {
-                incident_id: *incident,
-                camera_id: camera.clone(),
-                from: *from,
-                to: *to,
-            }),
+            } => {
+                // While the alarm's footage runs, that camera's motion is analysed at full rate.
+                (self.boost)(camera, *to);
+                d.commit.clips.push(IncidentClip {
+                    incident_id: *incident,
+                    camera_id: camera.clone(),
+                    from: *from,
+                    to: *to,
+                });
+            }
             // Retention keeps a resolved incident's clips for the hold on its own (the store
             // compares their incident's resolution time), so there is nothing to write.
             Effect::Released { .. } => {}

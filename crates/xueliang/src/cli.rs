@@ -57,12 +57,17 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Score the motion detector and a Frigate baseline on the simulator's labelled scenes.
+    MotionEval(crate::motion_eval::MotionEvalArgs),
 }
 
 /// Exit codes: 0 ok, 1 failure at run time, 2 bad configuration or usage.
 pub fn main(cli: Cli) -> ExitCode {
     if let Command::CheckConfig { config } = &cli.command {
         return check_config(config);
+    }
+    if let Command::MotionEval(args) = &cli.command {
+        return crate::motion_eval::main(args);
     }
     if let Err(e) = crate::logging::init() {
         eprintln!("xueliang: {e}");
@@ -103,7 +108,7 @@ pub fn main(cli: Cli) -> ExitCode {
                     ))
                 }
             }
-            Command::CheckConfig { .. } => unreachable!("handled above"),
+            Command::CheckConfig { .. } | Command::MotionEval(_) => unreachable!("handled above"),
         }
     });
     // Blocking tasks (e.g. a stuck disk write) must not keep the process alive past shutdown.

@@ -3,8 +3,8 @@
 //! hour for each, with the detector's time per analysed frame.
 //!
 //! Every preset except `demo` is one scene. Frames are rendered raw (the Y plane a decoder
-//! would hand over) at the analysis rate, and the scene's loop is repeated: one loop (at least
-//! 10 s) warms both detectors up unscored, then enough loops to cover `--minutes` are scored,
+//! would hand over) at the analysis rate, and the scene's loop is repeated: `--warmup-s` of
+//! loops warm both detectors up unscored, then enough loops to cover `--minutes` are scored,
 //! so false events per hour rest on minutes of video, not seconds. Ground-truth intervals are
 //! the preset's events repeated every loop. Both detectors use the same cooldown to close an
 //! event, so they are compared on the same event semantics.
@@ -35,6 +35,11 @@ pub struct MotionEvalArgs {
     /// Scored video per scene, in minutes (whole loops, rounded up).
     #[arg(long, default_value_t = 3.0)]
     pub minutes: f64,
+    /// Unscored lead-in per scene, in seconds (whole loops, rounded up): Frigate's detector
+    /// starts from a black background and a neutral contrast history and needs tens of
+    /// seconds to settle; a running camera is long past that.
+    #[arg(long, default_value_t = 60)]
+    pub warmup_s: u32,
     /// Time without motion that ends an event, for both detectors.
     #[arg(long, default_value_t = 2_000)]
     pub cooldown_ms: i64,
@@ -74,7 +79,7 @@ pub fn run_scene(name: &str, args: &MotionEvalArgs) -> Result<SceneResult, Strin
     let mut renderer = Renderer::new(&spec).map_err(|e| format!("scene {name}: {e}"))?;
     let truth = ground_truth(&spec);
     let loop_ms = (spec.duration_s * 1000.0).round() as i64;
-    let warm_loops = (10_000 + loop_ms - 1) / loop_ms;
+    let warm_loops = ((i64::from(args.warmup_s) * 1000 + loop_ms - 1) / loop_ms).max(1);
     let scored_loops = ((args.minutes * 60_000.0) / loop_ms as f64).ceil().max(1.0) as i64;
     let loops = warm_loops + scored_loops;
     let warm_ms = warm_loops * loop_ms;
@@ -221,7 +226,10 @@ pub fn report(results: &[SceneResult], args: &MotionEvalArgs) -> String {
         args.cooldown_ms,
         args.tolerance_ms,
         if args.idle_interval_ms > 0 {
-            format!(", xueliang fed 1 frame / {} ms while idle", args.idle_interval_ms)
+            format!(
+                ", xueliang fed 1 frame / {} ms while idle",
+                args.idle_interval_ms
+            )
         } else {
             String::new()
         }

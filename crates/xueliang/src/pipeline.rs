@@ -37,6 +37,64 @@ impl FrameSink for RecorderSink {
     }
 }
 
+/// Hands a stream's frames to its camera's motion worker (which never blocks the caller).
+struct MotionFrameSink(Arc<xueliang_motion::worker::WorkerHandle>);
+
+impl FrameSink for MotionFrameSink {
+    fn on_event(&self, _camera: &str, _kind: StreamKind, event: IngestEvent<'_>) {
+        if let IngestEvent::Frame(f) = event {
+            self.0.push(Arc::new(f.clone()));
+        }
+    }
+}
+
+/// Motion events on to the alarm shell, in wall time.
+struct MotionToAlarms(mpsc::UnboundedSender<crate::alarms::MotionNotice>);
+
+impl xueliang_motion::worker::MotionSink for MotionToAlarms {
+    fn on_event(&self, camera: &str, ev: &xueliang_motion::detector::MotionEvent) {
+        use xueliang_motion::detector::Phase;
+        let _ = self.0.send(crate::alarms::MotionNotice {
+            camera: camera.to_owned(),
+            zone: ev.zone.clone(),
+            start: Timestamp::from_millis(ev.start_ms),
+            end: ev.end_ms.map(Timestamp::from_millis),
+            score: f64::from(ev.score),
+            boxes: ev.boxes.clone(),
+            phase: match ev.phase {
+                Phase::Start => crate::alarms::MotionPhase::Start,
+                Phase::Update => crate::alarms::MotionPhase::Update,
+                Phase::End => crate::alarms::MotionPhase::End,
+            },
+        });
+    }
+}
+
+/// The detector settings of a camera's `motion` table.
+fn detector_config(
+    m: &xueliang_core::config::MotionConfig,
+) -> xueliang_motion::worker::WorkerConfig {
+    use xueliang_motion::detector::{DetectorConfig, Zone};
+    xueliang_motion::worker::WorkerConfig {
+        detector: DetectorConfig {
+            zones: m
+                .zones
+                .iter()
+                .map(|z| Zone {
+                    name: z.name.clone(),
+                    polygon: z.polygon.clone(),
+                    sensitivity: z.sensitivity,
+                })
+                .collect(),
+            masks: m.masks.clone(),
+            cooldown_ms: i64::from(m.cooldown_seconds) * 1000,
+            ..DetectorConfig::default()
+        },
+        analysis_fps: f64::from(m.analysis_fps),
+        ..Default::default()
+    }
+}
+
 /// Persists main-stream state changes through a queue, so ingest never waits on the database.
 struct StoreStateSink(mpsc::UnboundedSender<CameraStateChange>);
 
@@ -68,6 +126,7 @@ pub struct Pipeline {
     states: JoinHandle<()>,
     retention: JoinHandle<()>,
     ingest_shutdown: Shutdown,
+    motion_workers: HashMap<String, Arc<xueliang_motion::worker::WorkerHandle>>,
     pub health: HealthBoard,
     pub storage: StorageStatus,
 }
@@ -169,8 +228,31 @@ pub async fn start(
     let health = HealthBoard::new();
     let ingest_shutdown = Shutdown::new();
     let state_sink: Arc<dyn StateSink> = Arc::new(StoreStateSink(state_tx));
+    let motion_metrics = xueliang_motion::worker::MotionMetrics::register(registry)
+        .err_kind(ErrorKind::Internal, || "register motion metrics".into())?;
+    let motion_sink: Arc<dyn xueliang_motion::worker::MotionSink> =
+        Arc::new(MotionToAlarms(motion));
+    let mut motion_workers = HashMap::new();
     let mut ingest = Vec::new();
     for cam in cfg.cameras.iter().filter(|c| c.enabled) {
+        if cam.motion.enabled {
+            let w = xueliang_motion::worker::spawn(
+                cam.id.clone(),
+                detector_config(&cam.motion),
+                motion_sink.clone(),
+                motion_metrics.clone(),
+            )
+            .err_kind(ErrorKind::Internal, || {
+                format!("start the motion worker of {}", cam.id)
+            })?;
+            motion_workers.insert(cam.id.clone(), Arc::new(w));
+        }
+        // Motion reads the sub stream when there is one: a quarter of the pixels to decode.
+        let motion_kind = if cam.sub_url.is_some() {
+            StreamKind::Sub
+        } else {
+            StreamKind::Main
+        };
         // One group per camera: a reconnect of either stream waits out the camera's stale sessions.
         let group = Arc::new(SessionGroup::default().named(cam.id.clone()));
         let mut streams = vec![(StreamKind::Main, cam.url.as_str())];
@@ -184,6 +266,9 @@ pub async fn start(
             let mut sinks: Vec<Arc<dyn FrameSink>> = Vec::new();
             if let Some(w) = writer_of.get(&cam.id).filter(|_| kind == StreamKind::Main) {
                 sinks.push(Arc::new(RecorderSink(w.clone())));
+            }
+            if let Some(m) = motion_workers.get(&cam.id).filter(|_| kind == motion_kind) {
+                sinks.push(Arc::new(MotionFrameSink(m.clone())));
             }
             let spec = StreamSpec {
                 camera_id: cam.id.clone(),
@@ -240,6 +325,7 @@ pub async fn start(
         states,
         retention,
         ingest_shutdown,
+        motion_workers,
         health,
         storage,
     })
@@ -247,11 +333,31 @@ pub async fn start(
 
 impl Pipeline {
     /// Stops ingest, lets the writers close their files, and waits until the index has them.
+    /// Analyse this camera at full rate until `until` (a linked alarm is open).
+    pub fn motion_booster(&self) -> crate::alarms::Booster {
+        let workers = self.motion_workers.clone();
+        Arc::new(move |camera: &str, until: Timestamp| {
+            if let Some(w) = workers.get(camera) {
+                w.boost(until);
+            }
+        })
+    }
+
     pub async fn stop(self) {
         self.ingest_shutdown.trigger();
         for t in self.ingest {
             let _ = t.await;
         }
+        // Ingest has stopped feeding them; each worker ends its open events on the way out.
+        let workers: Vec<_> = self.motion_workers.into_values().collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                if let Ok(w) = Arc::try_unwrap(w) {
+                    w.finish();
+                }
+            }
+        })
+        .await;
         for (h, _) in &self.writers {
             h.stop();
         }

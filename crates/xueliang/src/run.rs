@@ -183,6 +183,8 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     let mut state =
         xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
     state.shutdown = shutdown.clone();
+    let bridge =
+        crate::bridge::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown).await?;
     let alarms = crate::alarms::start(
         &cfg,
         store.clone(),
@@ -193,6 +195,8 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
             events: state.events.clone(),
             cameras: camera_rx,
             motion: motion_rx,
+            boost: pipeline.motion_booster(),
+            outbound: bridge.outbound.clone(),
         },
     )?;
     state.health = pipeline.health.clone();
@@ -217,6 +221,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
         if let Some(a) = alarms {
             a.stop().await;
         }
+        bridge.stop().await;
         pipeline.stop().await;
         store.close().await;
     })
