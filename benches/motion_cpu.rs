@@ -380,11 +380,11 @@ impl Snapshot {
                 .sum()
         };
         Snapshot {
-            decoded: get("motion_frames_decoded_total", false),
-            analysed: get("motion_frames_analysed_total", false),
-            decode_s: get("motion_decode_seconds", true),
-            detect_s: get("motion_detect_seconds", true),
-            dropped: get("motion_dropped_frames_total", false),
+            decoded: get("xueliang_motion_frames_decoded_total", false),
+            analysed: get("xueliang_motion_frames_analysed_total", false),
+            decode_s: get("xueliang_motion_decode_seconds", true),
+            detect_s: get("xueliang_motion_detect_seconds", true),
+            dropped: get("xueliang_motion_dropped_frames_total", false),
         }
     }
 }

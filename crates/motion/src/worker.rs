@@ -15,6 +15,9 @@
 //!   since the last key frame are decoded first, so switching costs no waiting for a key frame.
 //! * Idle with a key frame interval over `keyframe_idle_max_gop_ms`: key frames alone would
 //!   leave motion unseen for too long, so every frame is decoded and analysed at `idle_fps`.
+//!
+//! A worker that stops ends the events it has open, so every `Start` reaches the alarm side
+//! with its `End`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -98,17 +101,17 @@ impl MotionMetrics {
         };
         MotionMetrics {
             analysed: counter(
-                "motion_frames_analysed_total",
+                "xueliang_motion_frames_analysed_total",
                 "Frames the motion detector analysed; its rate is the analysed fps.",
                 &["camera"],
             ),
             decoded: counter(
-                "motion_frames_decoded_total",
+                "xueliang_motion_frames_decoded_total",
                 "Frames handed to the decoder for motion analysis.",
                 &["camera"],
             ),
             decode_seconds: histogram(
-                "motion_decode_seconds",
+                "xueliang_motion_decode_seconds",
                 "Time to decode one frame for motion analysis (the sum's rate is the share of \
                  a core spent decoding).",
                 vec![
@@ -116,31 +119,31 @@ impl MotionMetrics {
                 ],
             ),
             detect_seconds: histogram(
-                "motion_detect_seconds",
+                "xueliang_motion_detect_seconds",
                 "Time to analyse one decoded frame.",
                 vec![0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02],
             ),
             events: counter(
-                "motion_events_total",
+                "xueliang_motion_events_total",
                 "Motion events emitted, by phase (start, update, end).",
                 &["camera", "phase"],
             ),
             dropped: counter(
-                "motion_dropped_frames_total",
+                "xueliang_motion_dropped_frames_total",
                 "Frames dropped because the motion queue was full, up to the next key frame.",
                 &["camera"],
             ),
             decode_errors: counter(
-                "motion_decode_errors_total",
+                "xueliang_motion_decode_errors_total",
                 "Frames the decoder rejected, and failed decoder opens.",
                 &["camera"],
             ),
             state: gauge(
-                "motion_state",
+                "xueliang_motion_state",
                 "Detector state: 0 idle, 1 candidate, 2 active, 3 cooldown.",
             ),
             full_rate: gauge(
-                "motion_full_rate",
+                "xueliang_motion_full_rate",
                 "1 while every frame is decoded (motion, boost or a long key frame interval), \
                  0 while only key frames are.",
             ),
@@ -295,7 +298,8 @@ impl WorkerHandle {
         &self.camera
     }
 
-    /// Stops the worker, abandoning queued frames, and waits for its thread to leave.
+    /// Stops the worker, abandoning queued frames, and waits for its thread to leave. Events
+    /// still open are ended at the last analysed frame's time.
     pub fn stop(mut self) {
         self.shutdown();
         if let Some(thread) = self.thread.take()
@@ -306,7 +310,8 @@ impl WorkerHandle {
     }
 
     /// Closes the queue, lets the worker analyse what is queued, and waits for its thread to
-    /// leave: the end of a finite stream.
+    /// leave: the end of a finite stream. Events still open are ended at the last analysed
+    /// frame's time.
     pub fn finish(mut self) {
         self.tx = None;
         if let Some(thread) = self.thread.take()
@@ -346,7 +351,8 @@ pub fn spawn(
     let dropped = metrics.dropped.clone();
     let worker = Worker::new(camera.clone(), cfg, sink, metrics, Arc::clone(&shared));
     let thread = std::thread::Builder::new()
-        .name(format!("motion-{camera}"))
+        // The kernel keeps 15 bytes of it; a NUL would make the spawn panic.
+        .name(format!("motion-{}", camera.replace('\0', "")))
         .spawn(move || worker.run(rx))?;
     Ok(WorkerHandle {
         camera,
@@ -370,8 +376,7 @@ struct Worker {
     failed_params: Option<Arc<VideoParams>>,
     /// Whether the last decode failed, so that a broken stream logs once, not per frame.
     failing: bool,
-    /// The detector and the picture size it was made for.
-    detector: Option<(Detector, (u32, u32))>,
+    analyser: Analyser,
     /// Frames since the last key frame not yet decoded, in decode order.
     pending: Vec<Arc<VideoFrame>>,
     /// The decoder has seen every frame up to `pending`: decoding `pending` continues it.
@@ -401,6 +406,7 @@ impl Worker {
         metrics: CameraMetrics,
         shared: Arc<Shared>,
     ) -> Worker {
+        let analyser = Analyser::new(cfg.detector.clone());
         Worker {
             camera,
             cfg,
@@ -410,7 +416,7 @@ impl Worker {
             decoder: None,
             failed_params: None,
             failing: false,
-            detector: None,
+            analyser,
             pending: Vec::new(),
             in_sync: false,
             last_key_ms: None,
@@ -429,6 +435,8 @@ impl Worker {
             }
             self.on_frame(frame);
         }
+        self.analyser
+            .close(&self.camera, &*self.sink, &self.metrics);
         tracing::debug!("motion worker stopped");
     }
 
@@ -480,10 +488,7 @@ impl Worker {
     /// Picks the mode for a frame at wall time `t_ms`.
     fn mode(&self, t_ms: i64) -> Mode {
         let period = |fps: f64| (1000.0 / fps.max(0.01)).round() as i64;
-        let hot = self
-            .detector
-            .as_ref()
-            .is_some_and(|(d, _)| d.wants_full_rate())
+        let hot = self.analyser.wants_full_rate()
             || t_ms < self.shared.boost_until_ms.load(Ordering::Relaxed);
         if hot {
             return Mode::Full {
@@ -562,15 +567,8 @@ impl Worker {
                 self.next_due_ms + period
             };
         }
-        analyse(
-            &self.camera,
-            &self.cfg.detector,
-            &mut self.detector,
-            &*self.sink,
-            &self.metrics,
-            &luma,
-            t_ms,
-        );
+        self.analyser
+            .analyse(&self.camera, &*self.sink, &self.metrics, &luma, t_ms);
     }
 
     /// Makes sure a decoder exists for `frame`'s parameters unless they are known to fail;
@@ -602,45 +600,105 @@ impl Worker {
     }
 }
 
-/// Runs the detector on one picture (re-creating it when the picture size changes) and hands
-/// its events on. A free function so the decoder's borrow of its picture can stay alive.
-fn analyse(
-    camera: &str,
-    cfg: &DetectorConfig,
-    detector: &mut Option<(Detector, (u32, u32))>,
-    sink: &dyn MotionSink,
-    metrics: &CameraMetrics,
-    luma: &Luma<'_>,
-    t_ms: i64,
-) {
-    let size = (luma.width, luma.height);
-    let detector = match detector {
-        Some((d, s)) if *s == size => d,
-        _ => {
-            &mut detector
-                .insert((Detector::new(cfg.clone(), luma.width, luma.height), size))
-                .0
+/// The detector and the events it has started but not ended.
+struct Analyser {
+    cfg: DetectorConfig,
+    /// The detector and the picture size it was made for.
+    detector: Option<(Detector, (u32, u32))>,
+    /// Started, not yet ended: ended by the worker itself when the detector goes away (the
+    /// worker stops, or the picture size changes), so every `Start` gets its `End`.
+    open: Vec<MotionEvent>,
+    last_t_ms: Option<i64>,
+}
+
+impl Analyser {
+    fn new(cfg: DetectorConfig) -> Analyser {
+        Analyser {
+            cfg,
+            detector: None,
+            open: Vec::new(),
+            last_t_ms: None,
         }
-    };
-    let started = Instant::now();
-    let analysis = detector.analyse(luma.data, luma.stride, t_ms);
-    metrics
-        .detect_seconds
-        .observe(started.elapsed().as_secs_f64());
-    metrics.analysed.inc();
-    metrics.state.set(match detector.state() {
+    }
+
+    fn wants_full_rate(&self) -> bool {
+        self.detector
+            .as_ref()
+            .is_some_and(|(d, _)| d.wants_full_rate())
+    }
+
+    /// Runs the detector on one picture, re-creating it when the picture size changes, and
+    /// hands its events on.
+    fn analyse(
+        &mut self,
+        camera: &str,
+        sink: &dyn MotionSink,
+        metrics: &CameraMetrics,
+        luma: &Luma<'_>,
+        t_ms: i64,
+    ) {
+        let size = (luma.width, luma.height);
+        if self.detector.as_ref().is_some_and(|(_, s)| *s != size) {
+            self.close(camera, sink, metrics);
+            self.detector = None;
+        }
+        let (detector, _) = self.detector.get_or_insert_with(|| {
+            (
+                Detector::new(self.cfg.clone(), luma.width, luma.height),
+                size,
+            )
+        });
+        let started = Instant::now();
+        let analysis = detector.analyse(luma.data, luma.stride, t_ms);
+        metrics
+            .detect_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.analysed.inc();
+        metrics.state.set(state_value(detector.state()));
+        self.last_t_ms = Some(t_ms);
+        for ev in &analysis.events {
+            match ev.phase {
+                Phase::Start => self.open.push(ev.clone()),
+                Phase::Update => {}
+                Phase::End => self
+                    .open
+                    .retain(|o| !(o.zone == ev.zone && o.start_ms == ev.start_ms)),
+            }
+            emit(camera, sink, metrics, ev);
+        }
+    }
+
+    /// Ends every open event at the last analysed time.
+    fn close(&mut self, camera: &str, sink: &dyn MotionSink, metrics: &CameraMetrics) {
+        for open in std::mem::take(&mut self.open) {
+            let end_ms = self.last_t_ms.unwrap_or(open.start_ms).max(open.start_ms);
+            let ev = MotionEvent {
+                end_ms: Some(end_ms),
+                boxes: Vec::new(),
+                phase: Phase::End,
+                ..open
+            };
+            emit(camera, sink, metrics, &ev);
+        }
+        metrics.state.set(state_value(MotionState::Idle));
+    }
+}
+
+fn state_value(state: MotionState) -> i64 {
+    match state {
         MotionState::Idle => 0,
         MotionState::Candidate => 1,
         MotionState::Active => 2,
         MotionState::Cooldown => 3,
-    });
-    for ev in &analysis.events {
-        let i = match ev.phase {
-            Phase::Start => 0,
-            Phase::Update => 1,
-            Phase::End => 2,
-        };
-        metrics.events[i].inc();
-        sink.on_event(camera, ev);
     }
+}
+
+fn emit(camera: &str, sink: &dyn MotionSink, metrics: &CameraMetrics, ev: &MotionEvent) {
+    let i = match ev.phase {
+        Phase::Start => 0,
+        Phase::Update => 1,
+        Phase::End => 2,
+    };
+    metrics.events[i].inc();
+    sink.on_event(camera, ev);
 }

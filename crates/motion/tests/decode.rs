@@ -300,18 +300,18 @@ fn idle_decodes_key_frames_only() {
     assert!(run.events.is_empty(), "street: {:?}", run.events);
     let keys = frames.iter().filter(|f| f.is_key).count() as f64;
     assert_eq!(
-        metric(&run.registry, "motion_frames_decoded_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_frames_decoded_total", "cam-1"),
         keys
     );
     assert_eq!(
-        metric(&run.registry, "motion_frames_analysed_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_frames_analysed_total", "cam-1"),
         keys
     );
     assert_eq!(
-        metric(&run.registry, "motion_decode_errors_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_decode_errors_total", "cam-1"),
         0.0
     );
-    assert_eq!(metric(&run.registry, "motion_full_rate", "cam-1"), 0.0);
+    assert_eq!(metric(&run.registry, "xueliang_motion_full_rate", "cam-1"), 0.0);
 }
 
 #[test]
@@ -319,17 +319,17 @@ fn boost_decodes_every_frame_and_analyses_at_analysis_fps() {
     let (_, clip) = clip("street", VideoCodec::H264, 10, None);
     let frames = frames(&clip, 2); // 20 s at 10 fps
     let run = run_worker(&frames, WorkerConfig::default(), Some(10_000));
-    let decoded = metric(&run.registry, "motion_frames_decoded_total", "cam-1");
-    let analysed = metric(&run.registry, "motion_frames_analysed_total", "cam-1");
+    let decoded = metric(&run.registry, "xueliang_motion_frames_decoded_total", "cam-1");
+    let analysed = metric(&run.registry, "xueliang_motion_frames_analysed_total", "cam-1");
     // Boosted for the first 10 s: all 100 frames, analysed at 5 fps; then key frames only.
     assert_eq!(decoded, 100.0 + 5.0);
     assert_eq!(analysed, 50.0 + 5.0);
     assert_eq!(
-        metric(&run.registry, "motion_decode_errors_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_decode_errors_total", "cam-1"),
         0.0
     );
     assert_eq!(
-        metric(&run.registry, "motion_detect_seconds", "cam-1"),
+        metric(&run.registry, "xueliang_motion_detect_seconds", "cam-1"),
         analysed
     );
 }
@@ -342,14 +342,14 @@ fn a_long_key_frame_interval_decodes_everything_at_a_low_analysis_rate() {
     let frames = frames(&clip, 2);
     let run = run_worker(&frames, WorkerConfig::default(), None);
     assert_eq!(
-        metric(&run.registry, "motion_frames_decoded_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_frames_decoded_total", "cam-1"),
         frames.len() as f64
     );
     assert_eq!(
-        metric(&run.registry, "motion_decode_errors_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_decode_errors_total", "cam-1"),
         0.0
     );
-    let analysed = metric(&run.registry, "motion_frames_analysed_total", "cam-1");
+    let analysed = metric(&run.registry, "xueliang_motion_frames_analysed_total", "cam-1");
     // 1 fps over 20 s, plus the first key frame analysed on its own.
     assert!((19.0..=22.0).contains(&analysed), "analysed {analysed}");
 }
@@ -415,7 +415,7 @@ fn a_person_crossing_starts_and_ends_an_event_and_the_street_raises_none() {
         );
     }
     assert_eq!(
-        metric(&run.registry, "motion_events_total", "cam-1"),
+        metric(&run.registry, "xueliang_motion_events_total", "cam-1"),
         run.events.len() as f64
     );
 
@@ -444,7 +444,7 @@ fn a_full_queue_drops_to_the_next_key_frame_and_counts() {
     let dropped = results.iter().filter(|r| **r == Pushed::Dropped).count();
     assert!(dropped > 0, "nothing dropped with a queue of 3");
     assert_eq!(
-        metric(&registry, "motion_dropped_frames_total", "cam-2"),
+        metric(&registry, "xueliang_motion_dropped_frames_total", "cam-2"),
         dropped as f64
     );
     for (i, pair) in results.windows(2).enumerate() {
@@ -460,11 +460,34 @@ fn a_full_queue_drops_to_the_next_key_frame_and_counts() {
     // references.
     let queued = results.iter().filter(|r| **r == Pushed::Queued).count();
     assert_eq!(
-        metric(&registry, "motion_frames_decoded_total", "cam-2"),
+        metric(&registry, "xueliang_motion_frames_decoded_total", "cam-2"),
         queued as f64
     );
     assert_eq!(
-        metric(&registry, "motion_decode_errors_total", "cam-2"),
+        metric(&registry, "xueliang_motion_decode_errors_total", "cam-2"),
         0.0
     );
+}
+
+#[test]
+fn an_event_still_open_when_the_worker_finishes_is_ended() {
+    // The first 7 s: the person is still in view when the stream ends.
+    let (_, person) = clip("person_crossing", VideoCodec::H264, 10, None);
+    let frames = frames(&person, 1);
+    let run = run_worker(&frames[..70], WorkerConfig::default(), None);
+    let start = run
+        .events
+        .iter()
+        .find(|e| e.phase == Phase::Start)
+        .unwrap_or_else(|| panic!("no start event: {:?}", run.events));
+    let last = run.events.last().expect("events");
+    assert_eq!(last.phase, Phase::End, "{:?}", run.events);
+    assert_eq!((&last.zone, last.start_ms), (&start.zone, start.start_ms));
+    let end_ms = last.end_ms.expect("an end has an end time");
+    assert!(
+        (start.start_ms..=frames[69].wall.as_millis()).contains(&end_ms),
+        "end at {} ms into the clip",
+        end_ms - WALL0
+    );
+    assert_eq!(metric(&run.registry, "xueliang_motion_state", "cam-1"), 0.0);
 }

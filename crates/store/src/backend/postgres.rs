@@ -76,4 +76,8 @@ impl PgStore {
     }
 }
 
+async fn begin_write(pool: &sqlx::Pool<Db>) -> Result<sqlx::Transaction<'static, Db>> {
+    pool.begin().await.map_err(crate::error::db("begin"))
+}
+
 include!("body.rs");

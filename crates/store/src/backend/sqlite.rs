@@ -65,4 +65,13 @@ impl SqliteStore {
     }
 }
 
+/// Write transactions take SQLite's write lock up front: a deferred one that reads and then
+/// writes fails with SQLITE_BUSY_SNAPSHOT (517) when another connection committed in between
+/// (the recorder's indexer against camera state updates, say), and no busy timeout helps.
+async fn begin_write(pool: &sqlx::Pool<Db>) -> Result<sqlx::Transaction<'static, Db>> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(crate::error::db("begin"))
+}
+
 include!("body.rs");
