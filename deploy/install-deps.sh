@@ -5,7 +5,8 @@
 #
 #   build  libav / clang headers and tools needed to compile the workspace
 #   test   build + the external programs the test suite drives (ffmpeg, mosquitto,
-#          postgresql, a GStreamer RTSP server, sipp), plus cargo-nextest
+#          postgresql, a GStreamer RTSP server, sipp, Chromium with a CJK font, Node.js and
+#          npm for the console's browser test), plus cargo-nextest
 #   all    same as test
 #
 # Only missing packages are installed; `apt-get update` runs at most once and only when
@@ -30,6 +31,7 @@ TEST_PKGS=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
   sip-tester
+  chromium fonts-wqy-microhei nodejs
 )
 
 die() {
@@ -92,6 +94,15 @@ else
   fi
   rm -f "$log"
   echo "install-deps: installed ${#missing[@]} package(s) in $((SECONDS - start))s: ${missing[*]}"
+fi
+
+# npm: Debian's package only when no npm is on PATH (NodeSource's nodejs ships its own, and
+# Debian's npm would conflict with it).
+if [[ $mode != build ]] && ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing npm"
+  as_root apt-get update >/dev/null 2>&1 || echo "install-deps: warning: apt-get update reported errors" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm >/dev/null ||
+    die "apt-get install npm failed"
 fi
 
 [[ "${XUELIANG_INSTALL_DEPS_SKIP_RUST:-0}" == 1 ]] && exit 0

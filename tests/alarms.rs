@@ -170,7 +170,17 @@ fn presses_are_stored_once_grouped_acknowledged_and_survive_downtime() {
         acks[0]["alarm_id"], acks[1]["alarm_id"],
         "both presses are one incident"
     );
-    let metrics = get(svc.addr(), "/metrics", None).body;
+    // The junk may be handled in a later batch than the presses: wait for it to be counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = get(svc.addr(), "/metrics", None).body;
+        if m.contains(r#"reason="unknown_device""#) && m.contains(r#"reason="malformed_json""#)
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         metrics.contains(r#"xueliang_mqtt_rejected_total{reason="malformed_json"} 1"#),
         "{metrics}"

@@ -26,14 +26,6 @@ fn uniq() -> String {
     format!("{:08x}", std::process::id() ^ t.subsec_nanos())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn press_payload(seq: u64) -> String {
     let ts = xueliang_core::Clock::now(&xueliang_core::SystemClock).to_rfc3339();
     format!(

@@ -116,7 +116,11 @@ fn migrate_creates_the_schema_once() {
         !err.contains("applied migration"),
         "second run applies nothing: {err}"
     );
-    assert!(err.contains(r#""schema":1"#), "{err}");
+    let latest = xueliang_store::MIGRATIONS_SQLITE
+        .last()
+        .map(|m| m.version)
+        .unwrap_or(0);
+    assert!(err.contains(&format!(r#""schema":{latest}"#)), "{err}");
 }
 
 #[test]

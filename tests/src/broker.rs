@@ -55,7 +55,8 @@ impl TestBroker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
-                 max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\n"
+                 max_queued_messages 100000\nmax_inflight_messages 100\nset_tcp_nodelay true\n\
+                 log_dest stderr\n"
             ),
         )
         .unwrap();
@@ -70,6 +71,34 @@ impl TestBroker {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops Mosquitto with SIGTERM, as [`TestBroker::restart`] does, and leaves it down until
+    /// [`TestBroker::resume`]: its port refuses connections meanwhile.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().expect("try_wait").is_some() {
+            return;
+        }
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM mosquitto failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "mosquitto did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a stopped broker again on its port, with its configuration and data directory.
+    pub fn resume(&mut self) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_some(),
+            "mosquitto is still running"
+        );
+        self.child = spawn(&self.conf, self.port);
     }
 
     /// Stops Mosquitto with SIGTERM (it saves its database when persistent) and starts it

@@ -250,7 +250,15 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// An example configuration with its data directory and API address moved for a test.
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+/// An example configuration with its data directory, API and broker addresses moved for a test.
 pub fn example_config(name: &str, data_dir: &Path) -> String {
     let text =
         std::fs::read_to_string(repo_root().join("config").join(name)).expect("read example");
@@ -260,6 +268,17 @@ pub fn example_config(name: &str, data_dir: &Path) -> String {
                 format!("data_dir = {:?}", data_dir.display().to_string())
             } else if l.starts_with("listen = \"127.0.0.1:8080\"") {
                 "listen = \"127.0.0.1:0\"".to_owned()
+            } else if l.starts_with("listen = \"0.0.0.0:1883\"") {
+                // The embedded broker: a free loopback port, never the machine's Mosquitto's.
+                format!("listen = \"127.0.0.1:{}\"", free_port())
+            } else if l.starts_with("url = \"mqtt://skynet") {
+                // The city's broker and platform are placeholders: point them at a loopback port
+                // nothing answers on, so a test never reaches outside the machine.
+                format!("url = \"mqtt://127.0.0.1:{}\"", free_port())
+            } else if l.starts_with("server_addr = ") {
+                format!("server_addr = \"127.0.0.1:{}\"", free_port())
+            } else if l.starts_with("local_listen = ") {
+                format!("local_listen = \"127.0.0.1:{}\"", free_port())
             } else if l.starts_with("dir = ") {
                 format!(
                     "dir = {:?}",

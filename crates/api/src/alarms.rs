@@ -266,7 +266,24 @@ pub(crate) async fn act(
             "this node runs no alarm engine (mqtt is not connected)",
         )
     })?;
+    let verb = match action {
+        DeskAction::Acknowledge => "alarm.ack",
+        DeskAction::Dispatch => "alarm.dispatch",
+        DeskAction::Resolve(_) => "alarm.resolve",
+    };
+    let outcome = body.outcome.clone();
+    let note = body.note.clone();
     desk.act(id, action, who.actor.clone(), body.note).await?;
+    crate::audit::record(
+        &st,
+        who.actor.clone(),
+        who.kind,
+        verb,
+        Some(format!("alarm:{id}")),
+        serde_json::json!({ "outcome": outcome, "note": note }),
+        who.remote_addr.clone(),
+    )
+    .await?;
     let after = st
         .store
         .get_incident(id)

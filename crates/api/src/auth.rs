@@ -1,16 +1,19 @@
-//! Bearer tokens: kept only as SHA-256 digests, compared in constant time, scoped by role and
-//! by camera and device lists.
+//! Who is calling: bearer tokens (kept only as SHA-256 digests, compared in constant time) or
+//! console sessions (cookie plus CSRF token), scoped by role and by camera and device lists.
 
 use std::collections::HashSet;
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use xueliang_core::ErrorKind;
 use xueliang_core::config::{Role, TokenConfig};
+use xueliang_store::ActorKind;
 
+use crate::sessions::SessionCtx;
 use crate::{ApiError, AppState};
 
 /// Which ids a principal may see.
@@ -40,11 +43,67 @@ impl Scope {
 /// Who is calling; the auth middleware attaches it to every `/api/v1` request.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    /// `token:NAME`.
+    /// `token:NAME` or `user:NAME`.
     pub actor: String,
+    pub kind: ActorKind,
     pub role: Role,
     pub cameras: Scope,
     pub devices: Scope,
+    /// The scopes as configured, for `/me`.
+    pub cameras_list: Vec<String>,
+    pub devices_list: Vec<String>,
+    /// Set for console sessions, `None` for bearer tokens.
+    pub session: Option<SessionCtx>,
+    pub remote_addr: Option<String>,
+}
+
+impl Principal {
+    pub fn new(
+        actor: String,
+        kind: ActorKind,
+        role: Role,
+        cameras: &[String],
+        devices: &[String],
+    ) -> Self {
+        Principal {
+            actor,
+            kind,
+            role,
+            cameras: Scope::from_list(cameras),
+            devices: Scope::from_list(devices),
+            cameras_list: cameras.to_vec(),
+            devices_list: devices.to_vec(),
+            session: None,
+            remote_addr: None,
+        }
+    }
+
+    pub fn with_session(mut self, s: SessionCtx) -> Self {
+        self.session = Some(s);
+        self
+    }
+
+    pub fn with_remote(mut self, addr: Option<String>) -> Self {
+        self.remote_addr = addr;
+        self
+    }
+
+    /// 403 unless the caller's role is at least `min` (viewer < duty < operator < admin).
+    pub fn require(&self, min: Role, what: &str) -> Result<(), ApiError> {
+        if self.role >= min {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a {} and may not {what}; that needs {} or above",
+                    self.actor,
+                    self.role.as_str(),
+                    min.as_str()
+                ),
+            ))
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -52,8 +111,8 @@ struct Entry {
     name: String,
     digest: [u8; 32],
     role: Role,
-    cameras: Scope,
-    devices: Scope,
+    cameras: Vec<String>,
+    devices: Vec<String>,
 }
 
 /// The configured tokens, digested at start so the plain text need not stay in memory here.
@@ -71,8 +130,8 @@ impl TokenSet {
                         name: t.name.clone(),
                         digest: Sha256::digest(secret.expose().as_bytes()).into(),
                         role: t.role,
-                        cameras: Scope::from_list(&t.cameras),
-                        devices: Scope::from_list(&t.devices),
+                        cameras: t.cameras.clone(),
+                        devices: t.devices.clone(),
                     })
                 })
                 .collect(),
@@ -89,11 +148,14 @@ impl TokenSet {
                 found = Some(e);
             }
         }
-        found.map(|e| Principal {
-            actor: format!("token:{}", e.name),
-            role: e.role,
-            cameras: e.cameras.clone(),
-            devices: e.devices.clone(),
+        found.map(|e| {
+            Principal::new(
+                format!("token:{}", e.name),
+                ActorKind::Token,
+                e.role,
+                &e.cameras,
+                &e.devices,
+            )
         })
     }
 
@@ -106,21 +168,57 @@ impl TokenSet {
     }
 }
 
-/// Rejects requests without a valid `Authorization: Bearer TOKEN` with 401.
+/// Attaches the caller's [`Principal`] or answers 401: a bearer token when an `Authorization`
+/// header is sent, else the session cookie. Cookie requests that change state must carry the
+/// session's CSRF token in `X-CSRF-Token` (403 otherwise); tokens are not sent by browsers on
+/// their own, so they need none.
 pub(crate) async fn require_token(
     State(st): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Unauthenticated,
-                "missing Authorization header; send Authorization: Bearer TOKEN",
-            )
-        })?;
+    let remote = crate::sessions::remote_of(req.extensions());
+    let principal = match req.headers().get(axum::http::header::AUTHORIZATION) {
+        Some(header) => bearer(&st, header, req.uri().path())?.with_remote(remote),
+        None => {
+            let Some(cookie) = crate::sessions::session_cookie(req.headers()) else {
+                return Err(ApiError::new(
+                    ErrorKind::Unauthenticated,
+                    "missing Authorization header; send Authorization: Bearer TOKEN or log in",
+                ));
+            };
+            let p = crate::sessions::principal_of_cookie(&st, cookie, remote).await?;
+            if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+                let sent = req
+                    .headers()
+                    .get(crate::sessions::CSRF_HEADER)
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default();
+                let want = p
+                    .session
+                    .as_ref()
+                    .map(|s| s.csrf.as_bytes())
+                    .unwrap_or_default();
+                if want.is_empty() || !bool::from(sent.ct_eq(want)) {
+                    tracing::info!(actor = %p.actor, path = %req.uri().path(), "refused a state change without a valid CSRF token");
+                    return Err(ApiError::new(
+                        ErrorKind::PermissionDenied,
+                        "missing or wrong X-CSRF-Token header (it is in the login and /api/v1/me answers)",
+                    ));
+                }
+            }
+            p
+        }
+    };
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+fn bearer(
+    st: &AppState,
+    header: &axum::http::HeaderValue,
+    path: &str,
+) -> Result<Principal, ApiError> {
     let value = header.to_str().map_err(|_| {
         ApiError::new(
             ErrorKind::Unauthenticated,
@@ -138,12 +236,10 @@ pub(crate) async fn require_token(
                 "Authorization must use the Bearer scheme",
             )
         })?;
-    let principal = st.tokens.verify(token).ok_or_else(|| {
-        tracing::info!(path = %req.uri().path(), "rejected unknown bearer token");
+    st.tokens.verify(token).ok_or_else(|| {
+        tracing::info!(path = %path, "rejected unknown bearer token");
         ApiError::new(ErrorKind::Unauthenticated, "unknown or revoked token")
-    })?;
-    req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    })
 }
 
 #[cfg(test)]

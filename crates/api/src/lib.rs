@@ -4,12 +4,17 @@
 //! across an await. Errors leave as `{"error": {"kind": ..., "message": ...}}`.
 
 mod alarms;
+mod audit;
 mod auth;
 mod cameras;
 mod error;
 mod events;
+mod headers;
 mod metrics;
 mod recordings;
+mod sessions;
+mod ui;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +35,12 @@ use xueliang_store::Store;
 pub use alarms::{AlarmDesk, DeskAction};
 pub use auth::{Principal, TokenSet};
 pub use error::ApiError;
+pub use headers::CONTENT_SECURITY_POLICY;
 pub use metrics::HttpMetrics;
+pub use sessions::{
+    CSRF_HEADER, LoginLimiter, SESSION_COOKIE, hash_password, hash_password_blocking,
+    verify_password,
+};
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
@@ -51,6 +61,12 @@ pub struct AppState {
     pub events: Arc<tokio::sync::watch::Sender<u64>>,
     /// Ends long-lived responses (event streams) when the service stops.
     pub shutdown: Shutdown,
+    /// Failed logins per user and address.
+    pub logins: Arc<LoginLimiter>,
+    /// Browser sessions end after this long without a request.
+    pub session_idle_ms: i64,
+    /// Served over TLS: cookies get `Secure`, responses HSTS.
+    pub secure_cookies: bool,
 }
 
 impl AppState {
@@ -70,6 +86,9 @@ impl AppState {
             desk: None,
             events: Arc::new(tokio::sync::watch::Sender::new(0)),
             shutdown: Shutdown::new(),
+            logins: Arc::new(LoginLimiter::default()),
+            session_idle_ms: i64::from(config.api.session_idle_minutes) * 60_000,
+            secure_cookies: config.api.tls.is_some(),
             config,
             store,
             tokens,
@@ -93,11 +112,17 @@ pub fn router(state: AppState) -> Router {
         .route("/alarms/{id}/{action}", axum::routing::post(alarms::act))
         .route("/devices", get(alarms::devices))
         .route("/events", get(events::stream))
+        .route("/audit", get(audit::list))
+        .route("/users", get(users::list))
+        .route("/me", get(sessions::me))
+        .route("/logout", axum::routing::post(sessions::logout))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
-        ));
+        ))
+        // Outside the auth layer: this is how a session starts.
+        .route("/login", axum::routing::post(sessions::login));
 
     let metrics_route = if state.config.api.metrics_auth {
         get(metrics_text).layer(middleware::from_fn_with_state(
@@ -112,8 +137,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", metrics_route)
         .nest("/api/v1", api)
+        .merge(ui::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), headers::secure))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(
             TraceLayer::new_for_http()

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use xueliang_core::{ErrorKind, Timestamp};
 
 use crate::{ApiError, AppState, Principal};
@@ -238,6 +239,7 @@ pub(crate) async fn export(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    who.require(xueliang_core::config::Role::Operator, "export recordings")?;
     check_camera(&st, &who, &id)?;
     let missing = |n: &str| {
         ApiError::new(
@@ -289,28 +291,6 @@ pub(crate) async fn export(
         }
     };
     tracing::info!(camera = %id, actor = %who.actor, from = %from, to = %to, bytes = len, frames = plan.frames, ranged = range.is_some(), "export");
-    // Who took which footage is evidence too. Range requests of one download are recorded
-    // once, at their first byte.
-    if range.as_ref().is_none_or(|r| r.start == 0) {
-        let now = st.clock.now();
-        st.store
-            .append_audit(&xueliang_store::AuditEntry {
-                id: xueliang_core::EntityId::new_at(now),
-                node_id: st.config.node.id.clone(),
-                at: now,
-                actor: who.actor.clone(),
-                actor_kind: xueliang_store::ActorKind::Token,
-                action: "export".into(),
-                target: Some(format!("camera:{id}")),
-                detail: serde_json::json!({
-                    "from": from, "to": to, "served_from": plan.start, "served_to": plan.end,
-                    "bytes": len, "frames": plan.frames,
-                })
-                .to_string(),
-                remote_addr: None,
-            })
-            .await?;
-    }
     let (status, r) = match range.clone() {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r),
         None => (StatusCode::OK, 0..len),
@@ -336,13 +316,130 @@ pub(crate) async fn export(
             format!("bytes {}-{}/{len}", r.start, r.end - 1),
         );
     }
-    res.body(Body::from_stream(plan.stream(r))).map_err(|e| {
+    // Who took which footage is evidence too: the row names the span and the SHA-256 of the
+    // bytes served, so it is written when the body ends. Range requests of one download are
+    // recorded once, at their first byte.
+    let body = if range.as_ref().is_none_or(|r| r.start == 0) {
+        let now = st.clock.now();
+        let audit = ExportAudit {
+            store: st.store.clone(),
+            entry: xueliang_store::AuditEntry {
+                id: xueliang_core::EntityId::new_at(now),
+                node_id: st.config.node.id.clone(),
+                at: now,
+                actor: who.actor.clone(),
+                actor_kind: who.kind,
+                action: "export".into(),
+                target: Some(format!("camera:{id}")),
+                detail: String::new(),
+                remote_addr: who.remote_addr.clone(),
+            },
+            detail: serde_json::json!({
+                "from": from, "to": to, "served_from": plan.start, "served_to": plan.end,
+                "length": len, "frames": plan.frames, "range": [r.start, r.end],
+            }),
+            hasher: Sha256::new(),
+            bytes: 0,
+            done: false,
+        };
+        Body::from_stream(audited(plan.stream(r.clone()), audit))
+    } else {
+        Body::from_stream(plan.stream(r.clone()))
+    };
+    res.body(body).map_err(|e| {
         ApiError(xueliang_core::Error::with_source(
             ErrorKind::Internal,
             "build response",
             e,
         ))
     })
+}
+
+/// The audit row of one export, finished when its body has been served (or abandoned).
+struct ExportAudit {
+    store: std::sync::Arc<dyn xueliang_store::Store>,
+    entry: xueliang_store::AuditEntry,
+    detail: serde_json::Value,
+    hasher: Sha256,
+    bytes: u64,
+    done: bool,
+}
+
+impl ExportAudit {
+    fn finish(&mut self, complete: bool) -> xueliang_store::AuditEntry {
+        self.done = true;
+        let digest = std::mem::take(&mut self.hasher).finalize();
+        let mut detail = std::mem::take(&mut self.detail);
+        detail["sha256"] = hex::encode(digest).into();
+        detail["bytes"] = self.bytes.into();
+        detail["complete"] = complete.into();
+        let mut entry = self.entry.clone();
+        entry.detail = detail.to_string();
+        entry
+    }
+}
+
+impl Drop for ExportAudit {
+    /// A client that went away mid-download still took what it got.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let entry = self.finish(false);
+        let store = self.store.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.append_audit(&entry).await {
+                    tracing::error!(err = %e.chain(), "cannot record an interrupted export in the audit log");
+                }
+            });
+        }
+    }
+}
+
+/// Passes the export's bytes through, hashing them; the audit row is committed before the
+/// body's end is reported, so a finished download is always on record.
+fn audited<S>(
+    inner: S,
+    audit: ExportAudit,
+) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static
+where
+    S: futures::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static,
+{
+    use futures::StreamExt;
+    futures::stream::unfold(
+        (Box::pin(inner), audit),
+        |(mut inner, mut audit)| async move {
+            match inner.next().await {
+                Some(Ok(chunk)) => {
+                    audit.hasher.update(&chunk);
+                    audit.bytes += chunk.len() as u64;
+                    Some((Ok(chunk), (inner, audit)))
+                }
+                Some(Err(e)) => {
+                    let entry = audit.finish(false);
+                    if let Err(ae) = audit.store.append_audit(&entry).await {
+                        tracing::error!(err = %ae.chain(), "cannot record a failed export in the audit log");
+                    }
+                    Some((Err(e), (inner, audit)))
+                }
+                None if audit.done => None,
+                None => {
+                    let entry = audit.finish(true);
+                    match audit.store.append_audit(&entry).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::error!(err = %e.chain(), "cannot record an export in the audit log");
+                            Some((
+                                Err(std::io::Error::other("export could not be recorded")),
+                                (inner, audit),
+                            ))
+                        }
+                    }
+                }
+            }
+        },
+    )
 }
 
 #[cfg(test)]

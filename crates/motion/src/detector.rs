@@ -18,12 +18,14 @@
 //!    (so a sub-pixel camera sway is not motion), with a threshold from the per-region noise
 //!    (robust residual of the fit) and a per-pixel running deviation (a Σ-Δ-like noise model
 //!    that learns swaying trees), scaled by zone sensitivity.
-//! 4. **Despeckle** (isolated pixels dropped), **connected components** (8-connected), a
-//!    minimum area, and a **structure test**: the difference to the background must have
+//! 4. **Despeckle** (isolated pixels dropped), **connected components** (pixels up to
+//!    `JOIN` apart joined, so a small figure that falls apart into head and legs stays one
+//!    blob), a minimum area, and a **structure test**: the difference to the background must have
 //!    edges and texture (high-frequency energy), which a soft light pool or shadow lacks.
 //! 5. **Persistence**: blobs are associated with tracks (gate grows with the time between
 //!    frames); a track is confirmed when it was seen in `persist_k` of the last `persist_n`
-//!    analysed frames.
+//!    analysed frames. A blob of at least `CONTINUE_AREA` of the minimum area continues a
+//!    track but never starts one.
 //! 6. **State machine** per zone: idle → candidate (an unconfirmed track) → active (a
 //!    confirmed track; `Start`) → cooldown (no motion) → idle after `cooldown_ms` (`End`).
 //!
@@ -147,6 +149,16 @@ pub struct Analysis {
     pub score: f32,
 }
 
+/// Foreground pixels this close (Chebyshev distance, small-image pixels) belong to one blob:
+/// a person a few pixels wide falls apart where clothing matches the background (head and
+/// shoulders, then legs, a row or two apart), and each piece alone is under the minimum area.
+const JOIN: i32 = 3;
+
+/// A blob this fraction of the minimum area still continues a track it falls within the gate
+/// of (it never starts one): a small figure whose clothing matches the background in some
+/// frames shows only its head and shoulders there.
+const CONTINUE_AREA: f32 = 0.5;
+
 /// Columns × rows of the illumination regions.
 const REGIONS_X: usize = 8;
 const REGIONS_Y: usize = 6;
@@ -180,6 +192,15 @@ struct ZoneState {
     last_motion_ms: i64,
     last_update_ms: i64,
     score: f32,
+}
+
+/// A blob as one zone sees it: its pixels in the zone, and whether it is only big enough to
+/// continue a track.
+#[derive(Debug)]
+struct Hit {
+    bbox: [i32; 4],
+    pixels: usize,
+    small: bool,
 }
 
 /// A blob that passed the per-frame tests.
@@ -406,10 +427,14 @@ impl Detector {
                 (b[3] - b[1] + 1) as f32 / fh,
             ]
         };
-        out.boxes = blobs.iter().map(|b| norm(&b.bbox)).collect();
-        out.score = blobs.iter().map(|b| b.pixels.len()).sum::<usize>() as f32 / n;
         let gate = self.cfg.max_speed * fw * dt as f32 / 1000.0 + 2.0;
         let min_pixels = self.cfg.min_area * n;
+        let full: Vec<&Blob> = blobs
+            .iter()
+            .filter(|b| b.pixels.len() as f32 >= min_pixels * self.min_factor())
+            .collect();
+        out.boxes = full.iter().map(|b| norm(&b.bbox)).collect();
+        out.score = full.iter().map(|b| b.pixels.len()).sum::<usize>() as f32 / n;
         for (zi, zone) in self.zones.iter_mut().enumerate() {
             let bit = 1u32 << zi;
             let mut hits = Vec::new();
@@ -424,13 +449,32 @@ impl Detector {
                         self.zone_bits[p] & bit != 0 && self.excess[p] >= zone.factor
                     })
                     .count();
-                if count as f32 >= min_pixels * zone.factor {
-                    hits.push((b.bbox, count));
+                let need = min_pixels * zone.factor;
+                if count as f32 >= need {
+                    hits.push(Hit {
+                        bbox: b.bbox,
+                        pixels: count,
+                        small: false,
+                    });
+                } else if count >= 2 && count as f32 >= need * CONTINUE_AREA {
+                    hits.push(Hit {
+                        bbox: b.bbox,
+                        pixels: count,
+                        small: true,
+                    });
                 }
             }
             step_zone(zone, &hits, t_ms, gate, &self.cfg, &mut out.events, &norm);
         }
         out
+    }
+
+    /// Threshold multiplier of the most sensitive zone.
+    fn min_factor(&self) -> f32 {
+        self.zones
+            .iter()
+            .map(|z| z.factor)
+            .fold(f32::INFINITY, f32::min)
     }
 
     /// The most advanced state of any zone.
@@ -787,12 +831,8 @@ impl Detector {
     fn blobs(&mut self) -> Vec<Blob> {
         let (sw, sh) = (self.sw, self.sh);
         let n = sw * sh;
-        let min_factor = self
-            .zones
-            .iter()
-            .map(|z| z.factor)
-            .fold(f32::INFINITY, f32::min);
-        let min_pixels = (self.cfg.min_area * n as f32 * min_factor).max(2.0);
+        let min_factor = self.min_factor();
+        let min_pixels = (self.cfg.min_area * n as f32 * min_factor * CONTINUE_AREA).max(2.0);
         let mut seen = vec![false; n];
         let mut blobs = Vec::new();
         for start in 0..n {
@@ -813,8 +853,8 @@ impl Detector {
                     bbox[2].max(x),
                     bbox[3].max(y),
                 ];
-                for dy in -1..=1 {
-                    for dx in -1..=1 {
+                for dy in -JOIN..=JOIN {
+                    for dx in -JOIN..=JOIN {
                         let (nx, ny) = (x + dx, y + dy);
                         if nx < 0 || ny < 0 || nx >= sw as i32 || ny >= sh as i32 {
                             continue;
@@ -928,7 +968,7 @@ fn overlaps(a: [i32; 4], b: [i32; 4]) -> bool {
 /// idle → candidate → active → cooldown machine.
 fn step_zone(
     zone: &mut ZoneState,
-    hits: &[([i32; 4], usize)],
+    hits: &[Hit],
     t_ms: i64,
     gate: f32,
     cfg: &DetectorConfig,
@@ -940,7 +980,13 @@ fn step_zone(
         t.history = (t.history << 1) & window;
         t.hit = false;
     }
-    for &(bbox, _) in hits {
+    // Full-size blobs first, so that a small one joins the track they made or continued.
+    let ordered = hits
+        .iter()
+        .filter(|h| !h.small)
+        .chain(hits.iter().filter(|h| h.small));
+    for hit in ordered {
+        let bbox = hit.bbox;
         // Confirmed tracks first, then the nearest; an object that falls apart into
         // several blobs keeps feeding one track (its box becomes their union).
         let found = zone
@@ -958,6 +1004,7 @@ fn step_zone(
                 t.history |= 1;
                 t.hit = true;
             }
+            None if hit.small => {}
             None => zone.tracks.push(Track {
                 bbox,
                 history: 1,
@@ -981,10 +1028,11 @@ fn step_zone(
         .collect();
     let moving = !confirmed.is_empty();
     if moving {
+        // A confirmed track's box is the union of the blobs that fed it this frame.
         let covered: usize = hits
             .iter()
-            .filter(|(b, _)| confirmed.contains(b))
-            .map(|(_, c)| c)
+            .filter(|h| confirmed.iter().any(|&c| union(c, h.bbox) == c))
+            .map(|h| h.pixels)
             .sum();
         zone.score = zone.score.max(covered as f32 / zone.area as f32);
     }

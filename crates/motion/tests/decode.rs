@@ -300,18 +300,33 @@ fn idle_decodes_key_frames_only() {
     assert!(run.events.is_empty(), "street: {:?}", run.events);
     let keys = frames.iter().filter(|f| f.is_key).count() as f64;
     assert_eq!(
-        metric(&run.registry, "xueliang_motion_frames_decoded_total", "cam-1"),
+        metric(
+            &run.registry,
+            "xueliang_motion_frames_decoded_total",
+            "cam-1"
+        ),
         keys
     );
     assert_eq!(
-        metric(&run.registry, "xueliang_motion_frames_analysed_total", "cam-1"),
+        metric(
+            &run.registry,
+            "xueliang_motion_frames_analysed_total",
+            "cam-1"
+        ),
         keys
     );
     assert_eq!(
-        metric(&run.registry, "xueliang_motion_decode_errors_total", "cam-1"),
+        metric(
+            &run.registry,
+            "xueliang_motion_decode_errors_total",
+            "cam-1"
+        ),
         0.0
     );
-    assert_eq!(metric(&run.registry, "xueliang_motion_full_rate", "cam-1"), 0.0);
+    assert_eq!(
+        metric(&run.registry, "xueliang_motion_full_rate", "cam-1"),
+        0.0
+    );
 }
 
 #[test]
@@ -319,13 +334,25 @@ fn boost_decodes_every_frame_and_analyses_at_analysis_fps() {
     let (_, clip) = clip("street", VideoCodec::H264, 10, None);
     let frames = frames(&clip, 2); // 20 s at 10 fps
     let run = run_worker(&frames, WorkerConfig::default(), Some(10_000));
-    let decoded = metric(&run.registry, "xueliang_motion_frames_decoded_total", "cam-1");
-    let analysed = metric(&run.registry, "xueliang_motion_frames_analysed_total", "cam-1");
+    let decoded = metric(
+        &run.registry,
+        "xueliang_motion_frames_decoded_total",
+        "cam-1",
+    );
+    let analysed = metric(
+        &run.registry,
+        "xueliang_motion_frames_analysed_total",
+        "cam-1",
+    );
     // Boosted for the first 10 s: all 100 frames, analysed at 5 fps; then key frames only.
     assert_eq!(decoded, 100.0 + 5.0);
     assert_eq!(analysed, 50.0 + 5.0);
     assert_eq!(
-        metric(&run.registry, "xueliang_motion_decode_errors_total", "cam-1"),
+        metric(
+            &run.registry,
+            "xueliang_motion_decode_errors_total",
+            "cam-1"
+        ),
         0.0
     );
     assert_eq!(
@@ -342,14 +369,26 @@ fn a_long_key_frame_interval_decodes_everything_at_a_low_analysis_rate() {
     let frames = frames(&clip, 2);
     let run = run_worker(&frames, WorkerConfig::default(), None);
     assert_eq!(
-        metric(&run.registry, "xueliang_motion_frames_decoded_total", "cam-1"),
+        metric(
+            &run.registry,
+            "xueliang_motion_frames_decoded_total",
+            "cam-1"
+        ),
         frames.len() as f64
     );
     assert_eq!(
-        metric(&run.registry, "xueliang_motion_decode_errors_total", "cam-1"),
+        metric(
+            &run.registry,
+            "xueliang_motion_decode_errors_total",
+            "cam-1"
+        ),
         0.0
     );
-    let analysed = metric(&run.registry, "xueliang_motion_frames_analysed_total", "cam-1");
+    let analysed = metric(
+        &run.registry,
+        "xueliang_motion_frames_analysed_total",
+        "cam-1",
+    );
     // 1 fps over 20 s, plus the first key frame analysed on its own.
     assert!((19.0..=22.0).contains(&analysed), "analysed {analysed}");
 }
@@ -490,4 +529,90 @@ fn an_event_still_open_when_the_worker_finishes_is_ended() {
         end_ms - WALL0
     );
     assert_eq!(metric(&run.registry, "xueliang_motion_state", "cam-1"), 0.0);
+}
+
+/// `scene` at `width × height` and `fps`, H.264 at the default bit rate and a 2 s GOP.
+fn clip_at(scene: &str, width: u32, height: u32, fps: u32) -> Clip {
+    let spec = SceneSpec::preset(scene, width, height, fps).expect("known preset");
+    match encode_cached(&spec, &EncodeOptions::new(VideoCodec::H264), &cache_dir()) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Two loops of the person crossing (in view from 2 s to 10 s of each 12 s loop) through an
+/// idle worker: each crossing is one event, started while the person is in view and ended
+/// after it has gone, and two loops of the street raise none.
+fn person_crossing_is_one_event_per_crossing(width: u32, height: u32, fps: u32) {
+    let cfg = || WorkerConfig {
+        detector: DetectorConfig {
+            cooldown_ms: 2_000,
+            ..DetectorConfig::default()
+        },
+        ..WorkerConfig::default()
+    };
+    let size = format!("{width}x{height}@{fps}");
+    let run = run_worker(
+        &frames(&clip_at("person_crossing", width, height, fps), 2),
+        cfg(),
+        None,
+    );
+    let analysed = metric(
+        &run.registry,
+        "xueliang_motion_frames_analysed_total",
+        "cam-1",
+    );
+    let starts: Vec<_> = run
+        .events
+        .iter()
+        .filter(|e| e.phase == Phase::Start)
+        .collect();
+    assert_eq!(
+        starts.len(),
+        2,
+        "{size}: analysed {analysed}: {:?}",
+        run.events
+    );
+    for (k, start) in starts.iter().enumerate() {
+        let loop0 = WALL0 + k as i64 * 12_000;
+        assert!(
+            (loop0 + 2_000..loop0 + 10_000).contains(&start.start_ms),
+            "{size}: start at {} ms into loop {k}",
+            start.start_ms - loop0
+        );
+        assert!(start.score > 0.0 && start.score < 0.01, "{size}: {start:?}");
+        let end = run
+            .events
+            .iter()
+            .find(|e| e.phase == Phase::End && e.start_ms == start.start_ms)
+            .unwrap_or_else(|| panic!("{size}: no end: {:?}", run.events));
+        let end_ms = end.end_ms.expect("an end has an end time");
+        // Followed across the frame: the last motion is late in the crossing.
+        assert!(
+            (loop0 + 8_000..=loop0 + 10_000).contains(&end_ms),
+            "{size}: last motion at {} ms into loop {k}",
+            end_ms - loop0
+        );
+    }
+    let run = run_worker(
+        &frames(&clip_at("street", width, height, fps), 2),
+        cfg(),
+        None,
+    );
+    assert!(run.events.is_empty(), "{size} street: {:?}", run.events);
+}
+
+#[test]
+fn a_person_crossing_at_960x540_15fps_is_followed_and_the_street_raises_none() {
+    person_crossing_is_one_event_per_crossing(960, 540, 15);
+}
+
+#[test]
+fn a_person_crossing_at_1280x720_25fps_is_followed_and_the_street_raises_none() {
+    person_crossing_is_one_event_per_crossing(1280, 720, 25);
+}
+
+#[test]
+fn a_person_crossing_at_480x270_15fps_is_followed_and_the_street_raises_none() {
+    person_crossing_is_one_event_per_crossing(480, 270, 15);
 }

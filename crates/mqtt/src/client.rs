@@ -86,10 +86,11 @@ impl DeviceLink {
             .err_kind(ErrorKind::Unavailable, || "send PUBACK".into())
     }
 
-    /// Publishes a change event for local integrations (QoS 1, not retained).
+    /// Publishes a change event for local integrations (QoS 0, not retained, as Frigate
+    /// does: the store and the event stream are where nothing is lost; this is a notice).
     pub async fn publish_event(&self, topic: &str, body: Vec<u8>) -> Result<(), Error> {
         self.client
-            .publish(topic, QoS::AtLeastOnce, false, body)
+            .publish(topic, QoS::AtMostOnce, false, body)
             .await
             .err_kind(ErrorKind::Unavailable, || "publish event".into())
     }
@@ -142,7 +143,10 @@ pub fn start(
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts.set_credentials(u.clone(), p.clone());
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // Room for the acks and notices of a whole storm batch: the handler must not wait on this
+    // queue while the event loop waits for in-flight publishes to be acknowledged.
+    opts.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     // A PUBACK is a few bytes sent only after a commit; Nagle would hold it back until the
     // broker's delayed ACK fires, adding tens of milliseconds to every press.
     let mut net = eventloop.network_options();
@@ -168,12 +172,17 @@ pub fn start(
                             QoS::AtLeastOnce,
                         )
                     });
-                    if let Err(e) = client.subscribe_many(topics).await {
+                    // Never await the request queue here: this task is the one that drains it,
+                    // and a queue filled by the handler during a storm would block it for good.
+                    if let Err(e) = client.try_subscribe_many(topics) {
                         tracing::error!(err = %e, "cannot subscribe to device topics");
                     }
-                    let _ = client
-                        .publish(node_topic(&cfg.node_id), QoS::AtLeastOnce, true, "online")
-                        .await;
+                    let _ = client.try_publish(
+                        node_topic(&cfg.node_id),
+                        QoS::AtLeastOnce,
+                        true,
+                        "online",
+                    );
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = p.topic.clone();
@@ -203,10 +212,8 @@ pub fn start(
             }
         }
         // A clean goodbye: the broker publishes no will, so say offline ourselves.
-        let _ = client
-            .publish(node_topic(&cfg.node_id), QoS::AtLeastOnce, true, "offline")
-            .await;
-        let _ = client.disconnect().await;
+        let _ = client.try_publish(node_topic(&cfg.node_id), QoS::AtLeastOnce, true, "offline");
+        let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(ev) = eventloop.poll().await {
                 if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {

@@ -237,6 +237,38 @@ pub trait Store: Send + Sync + Debug {
     async fn list_api_tokens(&self) -> Result<Vec<ApiToken>>;
     async fn touch_api_token(&self, name: &str, at: Timestamp) -> Result<()>;
 
+    /// Adds a user; a taken username yields `AlreadyExists`.
+    async fn create_user(&self, user: &UserRecord) -> Result<()>;
+    /// Changes a user's role or scopes; `NotFound` for an unknown username.
+    async fn update_user(
+        &self,
+        username: &str,
+        update: &UserUpdate,
+        at: Timestamp,
+    ) -> Result<UserRecord>;
+    /// Replaces a user's password hash and ends all of the user's sessions.
+    async fn update_user_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        at: Timestamp,
+    ) -> Result<()>;
+    /// Disables (or re-enables) a user; disabling ends all of the user's sessions.
+    async fn set_user_disabled(&self, username: &str, disabled: bool, at: Timestamp) -> Result<()>;
+    async fn get_user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+    async fn get_user(&self, id: EntityId) -> Result<Option<UserRecord>>;
+    /// Every user, by username.
+    async fn list_users(&self) -> Result<Vec<UserRecord>>;
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<()>;
+    /// The session with this id (hex SHA-256 of the cookie), expired or not.
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+    /// Records use at `at` and moves the idle expiry to `expires`.
+    async fn touch_session(&self, id: &str, at: Timestamp, expires: Timestamp) -> Result<()>;
+    async fn delete_session(&self, id: &str) -> Result<()>;
+    /// Removes sessions that expired before `before`; returns how many.
+    async fn prune_sessions(&self, before: Timestamp) -> Result<u64>;
+
     /// Closes the pool, waiting for connections in use.
     async fn close(&self);
 }

@@ -36,6 +36,11 @@ pub const MIGRATIONS_SQLITE: &[Migration] = &[
         description: "motion events",
         sql: include_str!("../migrations/sqlite/0003_motion.sql"),
     },
+    Migration {
+        version: 4,
+        description: "users and sessions",
+        sql: include_str!("../migrations/sqlite/0004_users_sessions.sql"),
+    },
 ];
 
 pub const MIGRATIONS_POSTGRES: &[Migration] = &[
@@ -53,6 +58,11 @@ pub const MIGRATIONS_POSTGRES: &[Migration] = &[
         version: 3,
         description: "motion events",
         sql: include_str!("../migrations/postgres/0003_motion.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "users and sessions",
+        sql: include_str!("../migrations/postgres/0004_users_sessions.sql"),
     },
 ];
 

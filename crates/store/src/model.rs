@@ -395,3 +395,68 @@ impl AlarmCommit {
             && self.events.is_empty()
     }
 }
+
+/// An operator console user. `password_hash` is an argon2id PHC string, never the password.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct UserRecord {
+    /// UUIDv7.
+    pub id: EntityId,
+    pub username: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub role: Role,
+    /// Camera ids the user may see; `"*"` for all.
+    pub cameras: Vec<String>,
+    /// Device ids the user may see; `"*"` for all.
+    pub devices: Vec<String>,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .field("role", &self.role)
+            .field("cameras", &self.cameras)
+            .field("devices", &self.devices)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// What [`crate::Store::update_user`] changes; `None` keeps the stored value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserUpdate {
+    pub role: Option<Role>,
+    pub cameras: Option<Vec<String>>,
+    pub devices: Option<Vec<String>>,
+}
+
+/// A browser session. `id` is the hex SHA-256 of the cookie value, so the table alone opens
+/// nothing; `csrf` is echoed by the page in `X-CSRF-Token`.
+#[derive(Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: EntityId,
+    pub csrf: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_seen: Timestamp,
+    pub remote_addr: Option<String>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("user_id", &self.user_id)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("last_seen", &self.last_seen)
+            .field("remote_addr", &self.remote_addr)
+            .finish_non_exhaustive()
+    }
+}

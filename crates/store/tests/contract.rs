@@ -70,6 +70,8 @@ contract!(
     events_page_in_id_order_and_prune_by_age,
     outbox_due_keeps_each_channel_in_order,
     outbox_expires_by_age_and_budget_and_prunes,
+    users_create_update_disable,
+    sessions_live_touch_and_die_with_their_user,
 );
 
 async fn migrations_are_idempotent(s: Arc<dyn Store>, _db: &TestDb) {
@@ -2069,4 +2071,124 @@ async fn motion_events_upsert_and_list_by_overlap(s: Arc<dyn Store>, _db: &TestD
             .len(),
         1
     );
+}
+
+fn user_rec(name: &str, at: i64) -> UserRecord {
+    UserRecord {
+        id: eid(at),
+        username: name.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        role: Role::Duty,
+        cameras: vec!["gate".into()],
+        devices: vec!["*".into()],
+        disabled: false,
+        created_at: t(at),
+        updated_at: t(at),
+    }
+}
+
+async fn users_create_update_disable(s: Arc<dyn Store>, _db: &TestDb) {
+    let wang = user_rec("wang", 0);
+    s.create_user(&wang).await.unwrap();
+    s.create_user(&user_rec("li", 1)).await.unwrap();
+    let dup = s.create_user(&user_rec("wang", 2)).await.unwrap_err();
+    assert_eq!(dup.kind(), ErrorKind::AlreadyExists);
+    assert!(dup.message().contains("wang"), "{}", dup.message());
+
+    assert_eq!(s.get_user_by_name("wang").await.unwrap().unwrap(), wang);
+    assert_eq!(s.get_user(wang.id).await.unwrap().unwrap(), wang);
+    assert!(s.get_user_by_name("nobody").await.unwrap().is_none());
+    let names: Vec<_> = s
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["li", "wang"]);
+
+    let after = s
+        .update_user(
+            "wang",
+            &UserUpdate {
+                role: Some(Role::Operator),
+                cameras: Some(vec!["*".into()]),
+                devices: None,
+            },
+            t(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.role, Role::Operator);
+    assert_eq!(after.cameras, ["*"]);
+    assert_eq!(after.devices, ["*"]);
+    assert_eq!(s.get_user_by_name("wang").await.unwrap().unwrap(), after);
+
+    s.update_user_password("wang", "$argon2id$new", t(20))
+        .await
+        .unwrap();
+    let u = s.get_user_by_name("wang").await.unwrap().unwrap();
+    assert_eq!(u.password_hash, "$argon2id$new");
+    assert_eq!(u.updated_at, t(20));
+
+    s.set_user_disabled("wang", true, t(30)).await.unwrap();
+    assert!(s.get_user_by_name("wang").await.unwrap().unwrap().disabled);
+    s.set_user_disabled("wang", false, t(31)).await.unwrap();
+    assert!(!s.get_user_by_name("wang").await.unwrap().unwrap().disabled);
+
+    for e in [
+        s.update_user("ghost", &UserUpdate::default(), t(40))
+            .await
+            .unwrap_err(),
+        s.update_user_password("ghost", "x", t(40))
+            .await
+            .unwrap_err(),
+        s.set_user_disabled("ghost", true, t(40)).await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+}
+
+async fn sessions_live_touch_and_die_with_their_user(s: Arc<dyn Store>, _db: &TestDb) {
+    let wang = user_rec("wang", 0);
+    let li = user_rec("li", 1);
+    s.create_user(&wang).await.unwrap();
+    s.create_user(&li).await.unwrap();
+    let sess = |id: &str, user: &UserRecord, expires: i64| SessionRecord {
+        id: id.into(),
+        user_id: user.id,
+        csrf: format!("csrf-{id}"),
+        created_at: t(0),
+        expires_at: t(expires),
+        last_seen: t(0),
+        remote_addr: Some("192.0.2.7".into()),
+    };
+    let a = sess("aa", &wang, 100);
+    s.create_session(&a).await.unwrap();
+    s.create_session(&sess("bb", &wang, 50)).await.unwrap();
+    s.create_session(&sess("cc", &li, 1000)).await.unwrap();
+    assert_eq!(s.get_session("aa").await.unwrap().unwrap(), a);
+    assert!(s.get_session("zz").await.unwrap().is_none());
+
+    s.touch_session("aa", t(60), t(160)).await.unwrap();
+    let touched = s.get_session("aa").await.unwrap().unwrap();
+    assert_eq!((touched.last_seen, touched.expires_at), (t(60), t(160)));
+
+    // Expired before 120: only "bb" (50).
+    assert_eq!(s.prune_sessions(t(120)).await.unwrap(), 1);
+    assert!(s.get_session("bb").await.unwrap().is_none());
+
+    s.delete_session("cc").await.unwrap();
+    assert!(s.get_session("cc").await.unwrap().is_none());
+    s.delete_session("cc").await.unwrap();
+
+    // A new password or a disabled account ends the user's sessions.
+    s.create_session(&sess("dd", &li, 1000)).await.unwrap();
+    s.update_user_password("wang", "$argon2id$other", t(200))
+        .await
+        .unwrap();
+    assert!(s.get_session("aa").await.unwrap().is_none());
+    assert!(s.get_session("dd").await.unwrap().is_some());
+    s.set_user_disabled("li", true, t(210)).await.unwrap();
+    assert!(s.get_session("dd").await.unwrap().is_none());
 }

@@ -1,4 +1,4 @@
-//! Command line: `run`, `check-config`, `migrate`, `fsck`, `sim` and `demo`.
+//! Command line: `run`, `check-config`, `migrate`, `fsck`, `user`, `sim` and `demo`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,6 +42,8 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Manage console users: add, set, passwd, disable, enable, list.
+    User(crate::users::UserArgs),
     /// Run the camera and panic-button simulator until Ctrl-C.
     Sim {
         #[arg(long, short, value_name = "FILE")]
@@ -94,6 +96,18 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Migrate { config } => {
                 let cfg = load(&config)?;
                 crate::run::migrate_only(&cfg).await
+            }
+            Command::User(args) => {
+                let config = match &args.action {
+                    crate::users::UserAction::Add { who, .. }
+                    | crate::users::UserAction::Set { who, .. }
+                    | crate::users::UserAction::Passwd { who }
+                    | crate::users::UserAction::Disable { who }
+                    | crate::users::UserAction::Enable { who } => who.config.clone(),
+                    crate::users::UserAction::List { config } => config.clone(),
+                };
+                let cfg = load(&config)?;
+                crate::users::main(&cfg, args.action).await
             }
             Command::Demo { data_dir, listen } => crate::run::demo(data_dir, &listen).await,
             Command::Sim { config } => crate::run::sim(&config).await,

@@ -10,3 +10,4 @@ pub mod motion_eval;
 pub mod pipeline;
 pub mod run;
 pub mod signals;
+pub mod users;

@@ -39,7 +39,7 @@ fn prepare_dirs(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, Error> {
+pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, Error> {
     let opts = OpenOptions::from_config(cfg);
     let store = xueliang_store::open(&opts, cfg.node_id()).await?;
     let applied = store.migrate().await?;
@@ -202,8 +202,15 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     state.health = pipeline.health.clone();
     state.desk = alarms.as_ref().map(|a| a.desk.clone());
     state.storage = pipeline.storage.clone();
-    let api = tokio::spawn(xueliang_api::serve(listener, state, shutdown.clone()));
-    tracing::info!(addr = %bound, node = %cfg.node.id, cameras = cfg.cameras.len(), devices = cfg.devices.len(), "api listening");
+    let api = match &cfg.api.tls {
+        None => tokio::spawn(xueliang_api::serve(listener, state, shutdown.clone())),
+        Some(tls) => {
+            let acceptor = tls_acceptor(tls)?;
+            tracing::info!(cert = %tls.cert_file.display(), "api serves HTTPS");
+            tokio::spawn(serve_tls(listener, acceptor, state, shutdown.clone()))
+        }
+    };
+    tracing::info!(tls = cfg.api.tls.is_some(), addr = %bound, node = %cfg.node.id, cameras = cfg.cameras.len(), devices = cfg.devices.len(), "api listening");
     if let Some(f) = opts.on_ready {
         f(bound);
     }
@@ -386,4 +393,121 @@ pub async fn sim(path: &std::path::Path) -> Result<(), Error> {
 fn chrono_stamp() -> String {
     let now = SystemClock.now();
     format!("{}-{}", now.as_millis(), std::process::id())
+}
+
+/// The rustls acceptor for `[api] tls`: the PEM certificate chain and private key, TLS 1.2 and
+/// 1.3 on the ring provider, HTTP/1.1 only (the API's one protocol).
+fn tls_acceptor(tls: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("api.tls.cert_file {}: {e}", tls.cert_file.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "api.tls.cert_file {}: no certificate in it",
+                tls.cert_file.display()
+            ),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("api.tls.key_file {}: {e}", tls.key_file.display()),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("api.tls: the certificate and key do not make a TLS server: {e}"),
+            )
+        })?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Accepted TLS connections. Handshakes run in their own tasks (with a deadline), so a slow
+/// or silent client holds up nobody else.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop ended with the listener; serving stops through shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: xueliang_api::AppState,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    use axum::serve::ListenerExt;
+    let local = listener
+        .local_addr()
+        .err_kind(ErrorKind::Internal, || "read bound address".into())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(err = %e, "api accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %peer, err = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let app =
+        xueliang_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let tls = TlsListener { rx, local }.tap_io(|_| {});
+    axum::serve(tls, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .err_kind(ErrorKind::Unavailable, || "HTTPS server failed".into())
 }

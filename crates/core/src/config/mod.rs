@@ -125,7 +125,8 @@ pub struct MqttConfig {
     pub mode: MqttMode,
     /// Embedded broker: address to listen on.
     pub listen: Option<String>,
-    /// External broker: `mqtt://host:port` or `mqtts://host:port`, no credentials in it.
+    /// External broker: `mqtt://host:port`, no credentials in it (this build speaks no TLS to
+    /// brokers: reach a remote one through a VPN or a local TLS tunnel).
     pub url: Option<String>,
     /// Stable client id for the persistent session; defaults to `xueliang-{node.id}`.
     pub client_id: Option<String>,
@@ -233,6 +234,24 @@ pub struct ApiConfig {
     pub metrics_auth: bool,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Serve HTTPS from these PEM files instead of plain HTTP (plain HTTP on loopback is the
+    /// default). Relative paths are resolved against the configuration file's directory.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Browser sessions end after this long without a request.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_minutes: u32,
+}
+
+/// `[api] tls = { cert_file, key_file }`: the certificate chain and its private key, PEM.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+fn default_session_idle() -> u32 {
+    12 * 60
 }
 
 impl Default for ApiConfig {
@@ -241,6 +260,8 @@ impl Default for ApiConfig {
             listen: default_listen(),
             metrics_auth: false,
             tokens: Vec::new(),
+            tls: None,
+            session_idle_minutes: default_session_idle(),
         }
     }
 }

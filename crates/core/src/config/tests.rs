@@ -219,10 +219,20 @@ server_domain = "3402000000"
 server_addr = "city.example:5060"
 "#;
     let m = messages(text);
-    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m.len(), 2, "{m:?}");
     assert!(
-        m[0].starts_with("bridge.gb28181.local_id@4: \"3403000000200000001\" must be a 20-digit")
+        m.iter().any(|x| x
+            .starts_with("bridge.gb28181.local_id@4: \"3403000000200000001\" must be a 20-digit")),
+        "{m:?}"
     );
+    assert!(
+        m.iter()
+            .any(|x| x.starts_with("bridge.gb28181.password") && x.contains("is required")),
+        "{m:?}"
+    );
+    // With a password, only the bad id remains.
+    let m = messages(&format!("{text}password = \"sip-secret-0001\"\n"));
+    assert_eq!(m.len(), 1, "{m:?}");
 }
 
 #[test]
@@ -236,4 +246,33 @@ fn sizes_parse_with_units() {
             .unwrap_err()
             .contains("unknown size unit")
     );
+}
+
+#[test]
+fn api_tls_files_are_resolved_and_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let text = "[node]\nid = \"n\"\n[api]\nlisten = \"0.0.0.0:8443\"\n\
+                tls = { cert_file = \"cert.pem\", key_file = \"key.pem\" }\n";
+    let c = load_str(text, "t.toml", dir.path(), &NoEnv).unwrap();
+    let tls = c.api.tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, dir.path().join("cert.pem"));
+    assert_eq!(tls.key_file, dir.path().join("key.pem"));
+    assert_eq!(c.api.session_idle_minutes, 12 * 60);
+
+    let broken = text.replace("key.pem", "nokey.pem");
+    let s = load_str(&broken, "t.toml", dir.path(), &NoEnv)
+        .unwrap_err()
+        .to_string();
+    assert!(s.contains("api.tls.key_file: cannot read"), "{s}");
+    let s = load_str(
+        &text.replace("tls = {", "tls = { bogus = 1,"),
+        "t.toml",
+        dir.path(),
+        &NoEnv,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(s.contains("api.tls.bogus: unknown key"), "{s}");
 }

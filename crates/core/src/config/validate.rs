@@ -220,7 +220,7 @@ fn mqtt(cfg: &mut Config, env: &dyn Env, base: &Path, p: &KeyPath, out: &mut Pro
                 Some(u) => {
                     url_without_credentials(
                         u,
-                        &["mqtt", "mqtts", "tcp", "ssl"],
+                        &["mqtt", "tcp"],
                         &p.key("url"),
                         "use username and password_file",
                         out,
@@ -517,6 +517,26 @@ fn api(
             ),
         ));
     }
+    if !(1..=7 * 24 * 60).contains(&cfg.api.session_idle_minutes) {
+        out.push((
+            p.key("session_idle_minutes"),
+            "must be between 1 and 10080 (a week)".into(),
+        ));
+    }
+    if let Some(tls) = &mut cfg.api.tls {
+        let tp = p.key("tls");
+        for (key, file) in [
+            ("cert_file", &mut tls.cert_file),
+            ("key_file", &mut tls.key_file),
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+            if let Err(e) = std::fs::File::open(&*file) {
+                out.push((tp.key(key), format!("cannot read {}: {e}", file.display())));
+            }
+        }
+    }
     let device_ids: HashSet<String> = cfg.devices.iter().map(|d| d.id.clone()).collect();
     let mut names = HashSet::new();
     let mut seen_tokens = HashSet::new();
@@ -588,7 +608,7 @@ fn bridge(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) {
         let mp = p.key("mqtt");
         url_without_credentials(
             &m.url,
-            &["mqtt", "mqtts", "tcp", "ssl"],
+            &["mqtt", "tcp"],
             &mp.key("url"),
             "use username and password_file",
             out,
@@ -670,5 +690,13 @@ fn bridge(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) {
             ("password", "password_file"),
             out,
         );
+        if g.password.is_none() && g.password_file.is_none() {
+            out.push((
+                gp.key("password"),
+                "is required: the upper platform authenticates REGISTER with a digest \
+                 (password, password_file or XUELIANG_GB28181_PASSWORD)"
+                    .into(),
+            ));
+        }
     }
 }

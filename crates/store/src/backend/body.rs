@@ -243,6 +243,64 @@ fn json_text(list: &[String]) -> String {
     serde_json::Value::from(list.to_vec()).to_string()
 }
 
+fn role_text(s: &str) -> Result<xueliang_core::config::Role> {
+    use xueliang_core::config::Role;
+    match s {
+        "admin" => Ok(Role::Admin),
+        "operator" => Ok(Role::Operator),
+        "duty" => Ok(Role::Duty),
+        "viewer" => Ok(Role::Viewer),
+        other => Err(Error::new(
+            ErrorKind::DataLoss,
+            format!("bad role {other:?}"),
+        )),
+    }
+}
+
+const USER_COLS: &str =
+    "id, username, password_hash, role, cameras, devices, disabled, created_ms, updated_ms";
+
+fn user(row: &DbRow) -> Result<UserRecord> {
+    let role: String = col(row, "role")?;
+    Ok(UserRecord {
+        id: id(row, "id")?,
+        username: col(row, "username")?,
+        password_hash: col(row, "password_hash")?,
+        role: role_text(&role)?,
+        cameras: json_list(row, "cameras")?,
+        devices: json_list(row, "devices")?,
+        disabled: col(row, "disabled")?,
+        created_at: ts(row, "created_ms")?,
+        updated_at: ts(row, "updated_ms")?,
+    })
+}
+
+const SESSION_COLS: &str = "id, user_id, csrf, created_ms, expires_ms, last_seen_ms, remote_addr";
+
+fn session(row: &DbRow) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: col(row, "id")?,
+        user_id: id(row, "user_id")?,
+        csrf: col(row, "csrf")?,
+        created_at: ts(row, "created_ms")?,
+        expires_at: ts(row, "expires_ms")?,
+        last_seen: ts(row, "last_seen_ms")?,
+        remote_addr: col(row, "remote_addr")?,
+    })
+}
+
+/// `NotFound` naming the user when an update touched no row.
+fn user_changed(rows: u64, username: &str) -> Result<()> {
+    if rows == 0 {
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no user {username:?}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 async fn apply_pending(
     conn: &mut sqlx::pool::PoolConnection<Db>,
     known: &[crate::Migration],
@@ -997,7 +1055,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn sync_cameras(&self, cameras: &[CameraUpsert], at: Timestamp) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         for c in cameras {
             sqlx::query(
                 "INSERT INTO cameras (id, node_id, name, state, last_error, state_since_ms, updated_ms) \
@@ -1064,7 +1122,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn insert_segments(&self, segments: &[Segment]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         for s in segments {
             insert_segment_tx(&mut tx, s).await?;
         }
@@ -1171,7 +1229,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn delete_segment(&self, segment_id: EntityId) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         delete_segment_tx(&mut tx, segment_id).await?;
         tx.commit().await.map_err(db("commit segment deletion"))?;
         Ok(())
@@ -1250,7 +1308,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn sync_devices(&self, devices: &[DeviceUpsert], at: Timestamp) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         for d in devices {
             sqlx::query(
                 "INSERT INTO devices (id, node_id, name, lat, lon, updated_ms) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -1285,7 +1343,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn record_device_status(&self, s: &DeviceStatus) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         if !device_status_tx(&mut tx, s).await? {
             return Err(Error::new(
                 ErrorKind::NotFound,
@@ -1335,7 +1393,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn insert_signal(&self, s: &Signal) -> Result<SignalInsert> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         let r = insert_signal_tx(&mut tx, s).await?;
         tx.commit().await.map_err(db("commit signal"))?;
         Ok(r)
@@ -1361,14 +1419,14 @@ impl crate::Store for StoreImpl {
     }
 
     async fn create_incident(&self, new: &NewIncident) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         create_incident_tx(&mut tx, new).await?;
         tx.commit().await.map_err(db("commit incident"))?;
         Ok(())
     }
 
     async fn update_incident(&self, u: &IncidentUpdate) -> Result<Incident> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         if !update_incident_tx(&mut tx, u).await? {
             return Err(version_conflict(&mut tx, u).await);
         }
@@ -1455,7 +1513,7 @@ impl crate::Store for StoreImpl {
         statuses: &[DeviceStatus],
         signals: &[Signal],
     ) -> Result<Vec<SignalInsert>> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         for st in merge_statuses(statuses) {
             device_status_tx(&mut tx, &st).await?;
         }
@@ -1465,7 +1523,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn commit_alarms(&self, c: &AlarmCommit) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         for n in &c.creates {
             create_incident_tx(&mut tx, n).await?;
         }
@@ -1529,7 +1587,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn append_events(&self, events: &[EventRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await.map_err(db("commit events"))?;
         Ok(())
@@ -1566,7 +1624,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn enqueue_outbox(&self, entries: &[OutboxEntry]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         insert_outbox(&mut tx, entries).await?;
         tx.commit().await.map_err(db("commit outbox"))?;
         Ok(())
@@ -1670,7 +1728,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn record_outbox_results(&self, results: &[OutboxResult]) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         let mut changed = 0;
         for r in results {
             let q = match r {
@@ -1791,7 +1849,7 @@ impl crate::Store for StoreImpl {
                 }
             }
         }
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         let mut expired = Vec::with_capacity(victims.len());
         for v in victims {
             let n = sqlx::query(
@@ -1889,7 +1947,7 @@ impl crate::Store for StoreImpl {
     }
 
     async fn sync_api_tokens(&self, tokens: &[ApiToken], at: Timestamp) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut tx = begin_write(&self.pool).await?;
         let existing = sqlx::query("SELECT name FROM api_tokens WHERE source = 'config'")
             .fetch_all(&mut *tx)
             .await
@@ -1943,6 +2001,230 @@ impl crate::Store for StoreImpl {
             .await
             .map_err(db("touch token"))?;
         Ok(())
+    }
+
+    async fn create_user(&self, u: &UserRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role, cameras, devices, disabled, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(u.id.to_string())
+        .bind(&u.username)
+        .bind(&u.password_hash)
+        .bind(u.role.as_str())
+        .bind(json_text(&u.cameras))
+        .bind(json_text(&u.devices))
+        .bind(u.disabled)
+        .bind(u.created_at.as_millis())
+        .bind(u.updated_at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            let e = db("create user")(e);
+            if e.kind() == ErrorKind::AlreadyExists {
+                Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("user {:?} already exists", u.username),
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn update_user(
+        &self,
+        username: &str,
+        update: &UserUpdate,
+        at: Timestamp,
+    ) -> Result<UserRecord> {
+        let mut tx = begin_write(&self.pool).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users WHERE username = $1"
+        )))
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("load user"))?
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no user {username:?}")))?;
+        let mut u = user(&row)?;
+        if let Some(r) = update.role {
+            u.role = r;
+        }
+        if let Some(c) = &update.cameras {
+            u.cameras = c.clone();
+        }
+        if let Some(d) = &update.devices {
+            u.devices = d.clone();
+        }
+        u.updated_at = at;
+        sqlx::query(
+            "UPDATE users SET role = $2, cameras = $3, devices = $4, updated_ms = $5 WHERE id = $1",
+        )
+        .bind(u.id.to_string())
+        .bind(u.role.as_str())
+        .bind(json_text(&u.cameras))
+        .bind(json_text(&u.devices))
+        .bind(at.as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("update user"))?;
+        tx.commit().await.map_err(db("commit user update"))?;
+        Ok(u)
+    }
+
+    async fn update_user_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        at: Timestamp,
+    ) -> Result<()> {
+        let mut tx = begin_write(&self.pool).await?;
+        let n =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_ms = $3 WHERE username = $1")
+                .bind(username)
+                .bind(password_hash)
+                .bind(at.as_millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("update password"))?
+                .rows_affected();
+        user_changed(n, username)?;
+        sqlx::query(
+            "DELETE FROM sessions WHERE user_id IN (SELECT id FROM users WHERE username = $1)",
+        )
+        .bind(username)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("end sessions"))?;
+        tx.commit().await.map_err(db("commit password"))?;
+        Ok(())
+    }
+
+    async fn set_user_disabled(&self, username: &str, disabled: bool, at: Timestamp) -> Result<()> {
+        let mut tx = begin_write(&self.pool).await?;
+        let n = sqlx::query("UPDATE users SET disabled = $2, updated_ms = $3 WHERE username = $1")
+            .bind(username)
+            .bind(disabled)
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("disable user"))?
+            .rows_affected();
+        user_changed(n, username)?;
+        if disabled {
+            sqlx::query(
+                "DELETE FROM sessions WHERE user_id IN (SELECT id FROM users WHERE username = $1)",
+            )
+            .bind(username)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("end sessions"))?;
+        }
+        tx.commit().await.map_err(db("commit user state"))?;
+        Ok(())
+    }
+
+    async fn get_user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users WHERE username = $1"
+        )))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get user"))?
+        .as_ref()
+        .map(user)
+        .transpose()
+    }
+
+    async fn get_user(&self, user_id: EntityId) -> Result<Option<UserRecord>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users WHERE id = $1"
+        )))
+        .bind(user_id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get user"))?
+        .as_ref()
+        .map(user)
+        .transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users ORDER BY username"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list users"))?;
+        rows.iter().map(user).collect()
+    }
+
+    async fn create_session(&self, s: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, csrf, created_ms, expires_ms, last_seen_ms, remote_addr) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&s.id)
+        .bind(s.user_id.to_string())
+        .bind(&s.csrf)
+        .bind(s.created_at.as_millis())
+        .bind(s.expires_at.as_millis())
+        .bind(s.last_seen.as_millis())
+        .bind(&s.remote_addr)
+        .execute(&self.pool)
+        .await
+        .map_err(db("create session"))?;
+        Ok(())
+    }
+
+    async fn get_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
+        )))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("get session"))?
+        .as_ref()
+        .map(session)
+        .transpose()
+    }
+
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        at: Timestamp,
+        expires: Timestamp,
+    ) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen_ms = $2, expires_ms = $3 WHERE id = $1")
+            .bind(session_id)
+            .bind(at.as_millis())
+            .bind(expires.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(db("touch session"))?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete session"))?;
+        Ok(())
+    }
+
+    async fn prune_sessions(&self, before: Timestamp) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_ms < $1")
+            .bind(before.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(db("prune sessions"))?;
+        Ok(r.rows_affected())
     }
 
     async fn close(&self) {
