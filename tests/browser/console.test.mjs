@@ -161,6 +161,14 @@ try {
     await shot(page, "camera-grid.png");
   });
 
+  await step("live view plays", page, async () => {
+    await page.click(`.tile[data-camera="${IN_CAMERA}"] button.live-button`);
+    await page.waitForSelector(`.tile[data-camera="${IN_CAMERA}"] button.live-button[aria-pressed=true]`);
+    await plays(page, `video.live-video[data-camera="${IN_CAMERA}"]`);
+    await page.click(`.tile[data-camera="${IN_CAMERA}"] button.live-button`);
+    await page.waitForSelector("video.live-video", { state: "detached" });
+  });
+
   await step("playback timeline plays a clicked moment", page, async () => {
     await page.click(`.tile[data-camera="${IN_CAMERA}"] a.playback-link`);
     await page.click('button[data-span="10m"]');
@@ -231,7 +239,7 @@ try {
     await page.click("nav a[data-view=audit]");
     await page.waitForSelector("#audit tbody tr");
     const text = (await page.textContent("#audit")).toLowerCase();
-    for (const want of ["login", OPERATOR.username, DUTY.username, "ack", "resolve", "export", alarmId.toLowerCase()]) {
+    for (const want of ["login", OPERATOR.username, DUTY.username, "ack", "resolve", "export", "live.start", "live.stop", alarmId.toLowerCase()]) {
       assert.ok(text.includes(want.toLowerCase()), `the audit page lacks ${want}`);
     }
     const csv = await page.evaluate(async () => {

@@ -23,6 +23,7 @@ const S = {
   audio: null,
   seq: 0,
   wanted: null,
+  live: new Map(),
 };
 
 // ----------------------------------------------------------------------------------------
@@ -313,6 +314,7 @@ async function route() {
   }
   applyStatic();
   const main = document.getElementById("main");
+  stopAllLive();
   main.replaceChildren();
   const arg = currentArg();
   try {
@@ -682,7 +684,7 @@ function renderCameraTiles() {
           "div",
           { class: `screen ${c.state}` },
           h("span", { class: `badge ${c.state}` }, t("camera.state." + c.state)),
-          h("span", {}, t("camera.nolive")),
+          h("span", { class: "idle" }, t("camera.liveidle")),
         ),
         h(
           "div",
@@ -695,11 +697,152 @@ function renderCameraTiles() {
           ),
           h("div", { class: "muted" }, `${t("camera.since")} ${fmtTime(c.state_since)}`),
           c.last_error ? h("div", { class: "err" }, `${t("camera.lasterror")}: ${c.last_error}`) : null,
-          h("div", {}, h("a", { href: `#/cameras/${encodeURIComponent(c.id)}`, class: "playback-link" }, t("camera.playback"))),
+          h(
+            "div",
+            { class: "row" },
+            h("button", { type: "button", class: "live-button", "aria-pressed": S.live.has(c.id) ? "true" : "false", onclick: () => toggleLive(c.id) }, t(S.live.has(c.id) ? "camera.livestop" : "camera.live")),
+            h("a", { href: `#/cameras/${encodeURIComponent(c.id)}`, class: "playback-link" }, t("camera.playback")),
+          ),
         ),
       ),
     ),
   );
+  // Running live views survive the redraw: their video moves into the new tile.
+  for (const [id, v] of S.live) {
+    const screen = grid.querySelector(`.tile[data-camera="${CSS.escape(id)}"] .screen`);
+    if (!screen) {
+      stopLive(id);
+      continue;
+    }
+    screen.classList.add("live");
+    screen.append(v.video, v.notice);
+    v.video.play().catch(() => {});
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// live view: GET /cameras/{id}/live is a WebSocket of fragmented MP4 fed to Media Source
+// Extensions. A text message {"codec","width","height"} comes before each init segment, and
+// {"skipped": n} when the connection was too slow and frames were dropped.
+
+function toggleLive(id) {
+  if (S.live.has(id)) stopLive(id);
+  else startLive(id);
+  renderCameraTiles();
+}
+
+function stopAllLive() {
+  for (const id of [...S.live.keys()]) stopLive(id);
+}
+
+function stopLive(id) {
+  const v = S.live.get(id);
+  if (!v) return;
+  S.live.delete(id);
+  v.closed = true;
+  v.ws.close();
+  v.video.pause();
+  v.video.removeAttribute("src");
+  v.video.load();
+  URL.revokeObjectURL(v.url);
+  v.video.remove();
+  v.notice.remove();
+}
+
+function startLive(id) {
+  if (!window.MediaSource) {
+    toast(t("live.unsupported"), true);
+    return;
+  }
+  const ms = new MediaSource();
+  const video = h("video", { class: "live-video", muted: true, autoplay: true, playsinline: true, "data-camera": id });
+  video.muted = true;
+  const notice = h("span", { class: "live-notice", hidden: true, role: "status" });
+  const url = URL.createObjectURL(ms);
+  video.src = url;
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}${API}/cameras/${encodeURIComponent(id)}/live`);
+  ws.binaryType = "arraybuffer";
+  const v = { ws, ms, video, notice, url, sb: null, queue: [], codec: null, closed: false };
+  S.live.set(id, v);
+
+  const pump = () => {
+    if (!v.sb || v.sb.updating || !v.queue.length || v.closed) return;
+    const next = v.queue.shift();
+    if (typeof next === "string") {
+      // New stream parameters with another codec.
+      if (v.sb.changeType) v.sb.changeType(next);
+      pump();
+      return;
+    }
+    try {
+      v.sb.appendBuffer(next);
+    } catch (e) {
+      if (e.name === "QuotaExceededError") {
+        v.queue.unshift(next);
+        trim(v, 0);
+      } else fail(e.message);
+    }
+  };
+  const fail = (msg) => {
+    if (v.closed) return;
+    toast(`${t("live.ended")}: ${msg}`, true);
+    stopLive(id);
+    renderCameraTiles();
+  };
+  const onHeader = (m) => {
+    const mime = `video/mp4; codecs="${m.codec}"`;
+    if (!MediaSource.isTypeSupported(mime)) return fail(t("live.unsupported") + ` (${m.codec})`);
+    if (!v.sb) {
+      const open = () => {
+        v.sb = ms.addSourceBuffer(mime);
+        v.sb.mode = "segments";
+        v.sb.addEventListener("updateend", () => {
+          keepUp(v);
+          pump();
+        });
+        pump();
+      };
+      if (ms.readyState === "open") open();
+      else ms.addEventListener("sourceopen", open, { once: true });
+    } else if (v.codec !== m.codec) v.queue.push(mime);
+    v.codec = m.codec;
+  };
+  ws.onmessage = (e) => {
+    if (typeof e.data === "string") {
+      const m = JSON.parse(e.data);
+      if (m.codec) onHeader(m);
+      if (m.skipped != null) {
+        notice.textContent = t("live.skipped", { n: m.skipped });
+        notice.hidden = false;
+        clearTimeout(v.noticeTimer);
+        v.noticeTimer = setTimeout(() => (notice.hidden = true), 5000);
+      }
+      return;
+    }
+    v.queue.push(e.data);
+    pump();
+  };
+  ws.onclose = (e) => {
+    if (!v.closed) fail(e.reason || t("live.closed"));
+  };
+}
+
+/** Stay near the live edge and keep the buffer small. */
+function keepUp(v) {
+  const b = v.video.buffered;
+  if (!b.length) return;
+  const end = b.end(b.length - 1);
+  if (end - v.video.currentTime > 3) v.video.currentTime = Math.max(b.start(b.length - 1), end - 0.5);
+  if (v.video.paused) v.video.play().catch(() => {});
+  trim(v, 30);
+}
+
+function trim(v, keep) {
+  const b = v.video.buffered;
+  if (!b.length || v.sb.updating) return;
+  const upto = Math.min(v.video.currentTime - 2, b.end(b.length - 1) - keep);
+  if (upto > b.start(0) + 1) v.sb.remove(b.start(0), upto);
 }
 
 // ----------------------------------------------------------------------------------------

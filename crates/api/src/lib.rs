@@ -10,6 +10,7 @@ mod cameras;
 mod error;
 mod events;
 mod headers;
+mod live;
 mod metrics;
 mod recordings;
 mod sessions;
@@ -36,6 +37,7 @@ pub use alarms::{AlarmDesk, DeskAction};
 pub use auth::{Principal, TokenSet};
 pub use error::ApiError;
 pub use headers::CONTENT_SECURITY_POLICY;
+pub use live::LiveHub;
 pub use metrics::HttpMetrics;
 pub use sessions::{
     CSRF_HEADER, LoginLimiter, SESSION_COOKIE, hash_password, hash_password_blocking,
@@ -55,6 +57,8 @@ pub struct AppState {
     pub health: xueliang_core::health::HealthBoard,
     pub storage_dir: std::path::PathBuf,
     pub storage: xueliang_record::retention::StorageStatus,
+    /// Live view: each camera's current GOP and new frames, fed by ingest.
+    pub live: LiveHub,
     /// Where operator actions go; `None` on a node that runs no alarm engine.
     pub desk: Option<Arc<dyn AlarmDesk>>,
     /// Bumped by writers after they commit events; event streams wake on it.
@@ -83,6 +87,7 @@ impl AppState {
             storage_dir: config.recordings_dir(),
             health: Default::default(),
             storage: Default::default(),
+            live: Default::default(),
             desk: None,
             events: Arc::new(tokio::sync::watch::Sender::new(0)),
             shutdown: Shutdown::new(),
@@ -107,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cameras/{id}/recordings", get(recordings::list))
         .route("/cameras/{id}/export.mp4", get(recordings::export))
         .route("/cameras/{id}/motion", get(recordings::motion))
+        .route("/cameras/{id}/live", get(live::live))
         .route("/alarms", get(alarms::list))
         .route("/alarms/{id}", get(alarms::get_one))
         .route("/alarms/{id}/{action}", axum::routing::post(alarms::act))

@@ -31,7 +31,7 @@ fn param_time(q: &HashMap<String, String>, name: &str) -> Result<Option<Timestam
     }
 }
 
-fn check_camera(st: &AppState, who: &Principal, id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_camera(st: &AppState, who: &Principal, id: &str) -> Result<(), ApiError> {
     if !st.config.cameras.iter().any(|c| c.id == id) {
         return Err(ApiError::new(
             ErrorKind::NotFound,

@@ -115,7 +115,7 @@ impl WriterHandle {
 
     /// Queues a frame. A key frame goes out at once with the frames before it (the writer
     /// closes the previous fragment on it); other frames wait in a batch for at most
-    /// [`BATCH_MAX_AGE`].
+    /// `BATCH_MAX_AGE` (a quarter second).
     pub fn frame(&self, f: &VideoFrame) {
         let full = {
             let mut b = self.batch.lock().unwrap_or_else(|p| p.into_inner());

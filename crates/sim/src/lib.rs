@@ -8,7 +8,7 @@
 //! `rtsp://HOST:PORT/cam/{n}/sub` its sub stream.
 //!
 //! The scenes themselves come from [`scene`] (a deterministic street with scripted events and
-//! their ground truth) and are encoded once by [`encode`] (libx264/libx265, cached);
+//! their ground truth) and are encoded once by [`mod@encode`] (libx264/libx265, cached);
 //! [`clip_from_annex_b`] turns any Annex B elementary stream into a [`Clip`]. [`buttons`]
 //! simulates panic buttons over MQTT, and [`run`] reads a simulator file and runs it all.
 //!

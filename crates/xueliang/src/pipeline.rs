@@ -48,6 +48,20 @@ impl FrameSink for MotionFrameSink {
     }
 }
 
+/// Feeds a camera's main stream to live view, whether or not it records.
+struct LiveSink(xueliang_api::LiveHub);
+
+impl FrameSink for LiveSink {
+    fn on_event(&self, camera: &str, _kind: StreamKind, event: IngestEvent<'_>) {
+        match event {
+            IngestEvent::Frame(f) => self.0.frame(camera, f),
+            IngestEvent::SessionStarted { .. } | IngestEvent::SessionEnded { .. } => {
+                self.0.restart(camera)
+            }
+        }
+    }
+}
+
 /// Motion events on to the alarm shell, in wall time.
 struct MotionToAlarms(mpsc::UnboundedSender<crate::alarms::MotionNotice>);
 
@@ -129,6 +143,7 @@ pub struct Pipeline {
     motion_workers: HashMap<String, Arc<xueliang_motion::worker::WorkerHandle>>,
     pub health: HealthBoard,
     pub storage: StorageStatus,
+    pub live: xueliang_api::LiveHub,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -226,6 +241,7 @@ pub async fn start(
     });
 
     let health = HealthBoard::new();
+    let live = xueliang_api::LiveHub::default();
     let ingest_shutdown = Shutdown::new();
     let state_sink: Arc<dyn StateSink> = Arc::new(StoreStateSink(state_tx));
     let motion_metrics = xueliang_motion::worker::MotionMetrics::register(registry)
@@ -266,6 +282,9 @@ pub async fn start(
             let mut sinks: Vec<Arc<dyn FrameSink>> = Vec::new();
             if let Some(w) = writer_of.get(&cam.id).filter(|_| kind == StreamKind::Main) {
                 sinks.push(Arc::new(RecorderSink(w.clone())));
+            }
+            if kind == StreamKind::Main {
+                sinks.push(Arc::new(LiveSink(live.clone())));
             }
             if let Some(m) = motion_workers.get(&cam.id).filter(|_| kind == motion_kind) {
                 sinks.push(Arc::new(MotionFrameSink(m.clone())));
@@ -328,6 +347,7 @@ pub async fn start(
         motion_workers,
         health,
         storage,
+        live,
     })
 }
 

@@ -202,6 +202,7 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     state.health = pipeline.health.clone();
     state.desk = alarms.as_ref().map(|a| a.desk.clone());
     state.storage = pipeline.storage.clone();
+    state.live = pipeline.live.clone();
     let api = match &cfg.api.tls {
         None => tokio::spawn(xueliang_api::serve(listener, state, shutdown.clone())),
         Some(tls) => {

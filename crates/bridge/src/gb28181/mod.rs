@@ -2,7 +2,7 @@
 //! registration alive, answers its queries and pushes alarms to it.
 //!
 //! Layers: [`sip`] and [`digest`] (message syntax and auth), [`manscdp`] (XML bodies),
-//! [`transport`] (UDP/TCP), [`platform`] (the user agent task), [`sink`] (outbox delivery).
+//! `transport` (UDP/TCP), [`platform`] (the user agent task), [`sink`] (outbox delivery).
 
 pub mod digest;
 pub mod manscdp;
