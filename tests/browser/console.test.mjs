@@ -239,7 +239,7 @@ try {
     await page.click("nav a[data-view=audit]");
     await page.waitForSelector("#audit tbody tr");
     const text = (await page.textContent("#audit")).toLowerCase();
-    for (const want of ["login", OPERATOR.username, DUTY.username, "ack", "resolve", "export", "live.start", "live.stop", alarmId.toLowerCase()]) {
+    for (const want of ["login", OPERATOR.username, DUTY.username, "ack", "resolve", "export", "live.start", "live.stop", "access.denied", alarmId.toLowerCase()]) {
       assert.ok(text.includes(want.toLowerCase()), `the audit page lacks ${want}`);
     }
     const csv = await page.evaluate(async () => {

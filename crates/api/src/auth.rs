@@ -210,8 +210,38 @@ pub(crate) async fn require_token(
             p
         }
     };
+    let (actor, kind, remote) = (
+        principal.actor.clone(),
+        principal.kind,
+        principal.remote_addr.clone(),
+    );
+    // Nested under /api/v1, the request's own URI lost its prefix: the original has it.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    let method = req.method().clone();
     req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    let res = next.run(req).await;
+    // A refusal by role or scope is part of the trail: who tried to reach what.
+    if res.status() == axum::http::StatusCode::FORBIDDEN {
+        let detail = serde_json::json!({"method": method.as_str()});
+        if let Err(e) = crate::audit::record(
+            &st,
+            actor,
+            kind,
+            "access.denied",
+            Some(path),
+            detail,
+            remote,
+        )
+        .await
+        {
+            tracing::warn!(err = %e.0.chain(), "cannot audit a refused request");
+        }
+    }
+    Ok(res)
 }
 
 fn bearer(

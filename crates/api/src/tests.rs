@@ -653,6 +653,26 @@ async fn roles_and_scopes_are_enforced() {
     let list = users.json();
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert!(list[0].get("password_hash").is_none());
+    // Every refusal left a row naming who tried to reach what.
+    let trail = state
+        .store
+        .list_audit(Timestamp::from_millis(0), 1000)
+        .await
+        .unwrap();
+    let denied: Vec<(String, Option<String>)> = trail
+        .iter()
+        .filter(|e| e.action == "access.denied")
+        .map(|e| (e.actor.clone(), e.target.clone()))
+        .collect();
+    assert!(
+        denied.contains(&("user:desk".into(), Some("/api/v1/cameras/yard".into()))),
+        "{denied:?}"
+    );
+    assert!(
+        denied.contains(&("user:viewer".into(), Some("/api/v1/audit".into()))),
+        "{denied:?}"
+    );
+    assert!(denied.len() >= 8, "{denied:?}");
 }
 
 #[tokio::test]
