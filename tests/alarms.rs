@@ -138,7 +138,7 @@ fn presses_are_stored_once_grouped_acknowledged_and_survive_downtime() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &node, &device, "mqtt://127.0.0.1:1883");
     let mut svc = Service::start(&cfg, &[]);
-    svc.wait_for_log("connected to the device broker", Duration::from_secs(15));
+    svc.wait_for_log_seen("connected to the device broker", Duration::from_secs(15));
     let acks = watch_acks(&device, 2);
     std::thread::sleep(Duration::from_millis(300));
     let topic = format!("xueliang/v1/devices/{device}/alarm");
@@ -400,7 +400,7 @@ min_free_bytes = "1 MiB"
     let (first, second) = interleaved.split_at(interleaved.len() / 2);
 
     let mut svc = Service::start(&cfg, &[]);
-    svc.wait_for_log("connected to the device broker", Duration::from_secs(15));
+    svc.wait_for_log_seen("connected to the device broker", Duration::from_secs(15));
     storm(broker.port, first.to_vec(), &format!("storm-pub-a-{id}"));
     // Kill while it is still working through the first half.
     svc.kill9();

@@ -271,7 +271,7 @@ fn console_in_chromium() {
     let cfg = config(dir.path(), &broker, sim.port);
     add_users(&cfg);
     let mut svc = Service::start(&cfg, &[]);
-    svc.wait_for_log("connected to the device broker", Duration::from_secs(30));
+    svc.wait_for_log_seen("connected to the device broker", Duration::from_secs(30));
     wait_for_footage(&svc, IN_CAMERA, 15);
 
     let artifacts = repo_root().join("tests").join("artifacts");

@@ -114,6 +114,15 @@ impl Service {
         s
     }
 
+    /// Like [`Service::wait_for_log`], but a line already read (e.g. while waiting for the API
+    /// to listen, which start-up does not order against other tasks) counts too.
+    pub fn wait_for_log_seen(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        self.wait_for_log(needle, timeout)
+    }
+
     /// Waits for a log line containing `needle`; panics with the log so far on timeout or exit.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
