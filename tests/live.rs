@@ -14,14 +14,13 @@ const TOKEN: &str = "live-test-token-0123456789";
 const OTHER_TOKEN: &str = "live-other-token-0123456789";
 
 fn config(dir: &Path, url: &str) -> PathBuf {
-    let mqtt_port = free_port();
     let text = format!(
         r#"[node]
 id = "live-test"
 data_dir = {dir:?}
 
 [mqtt]
-listen = "127.0.0.1:{mqtt_port}"
+listen = "127.0.0.1:0"
 
 [api]
 listen = "127.0.0.1:0"

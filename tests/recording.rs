@@ -16,7 +16,6 @@ fn config(dir: &Path, url: &str, extra_camera: &str, extra_storage: &str) -> Pat
     } else {
         format!("min_free_bytes = \"1 MiB\"\n{extra_storage}")
     };
-    let mqtt_port = free_port();
     let text = format!(
         r#"[node]
 id = "rec-test"
@@ -24,7 +23,7 @@ data_dir = {dir:?}
 shutdown_timeout_seconds = 20
 
 [mqtt]
-listen = "127.0.0.1:{mqtt_port}"
+listen = "127.0.0.1:0"
 
 [api]
 listen = "127.0.0.1:0"
@@ -711,13 +710,12 @@ fn broken_cameras_get_a_clear_error_and_the_service_keeps_running() {
     let garbage = BadSdpServer::start();
     let good = RtspServer::start(&small(Codec::H264));
     let dir = tempfile::tempdir().unwrap();
-    let mqtt_port = free_port();
     let text = format!(
         r#"[node]
 id = "broken-test"
 data_dir = {dir:?}
 [mqtt]
-listen = "127.0.0.1:{mqtt_port}"
+listen = "127.0.0.1:0"
 [api]
 listen = "127.0.0.1:0"
 [[api.tokens]]

@@ -102,11 +102,13 @@ pub fn start(
     devices: &[DeviceLogin],
     node_id: &str,
 ) -> Result<EmbeddedBroker, Error> {
-    drop(
-        TcpListener::bind(listen).err_kind(ErrorKind::Unavailable, || {
-            format!("mqtt.listen: cannot listen on {listen} for the embedded broker")
-        })?,
-    );
+    let probe = TcpListener::bind(listen).err_kind(ErrorKind::Unavailable, || {
+        format!("mqtt.listen: cannot listen on {listen} for the embedded broker")
+    })?;
+    // Port 0 (tests, ad-hoc runs): take the port the system just gave, so the broker binds a
+    // concrete address that the service's own client can reach.
+    let listen = probe.local_addr().unwrap_or(listen);
+    drop(probe);
     let username = format!("xueliang-{node_id}");
     let password: String = rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
