@@ -326,12 +326,14 @@ pub async fn demo(data_dir: Option<PathBuf>, listen: &str) -> Result<(), Error> 
         .await
         .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot start the simulator", e))?;
     let rtsp = sim.rtsp;
+    let console_password = demo_admin(&cfg).await?;
     let token_for_banner = token.clone();
     let dir_for_banner = dir.clone();
     let on_ready = Box::new(move |addr: std::net::SocketAddr| {
         println!();
         println!("  Xueliang demo is running.");
         println!("  data directory : {}", dir_for_banner.display());
+        println!("  console        : http://{addr}/  (user admin, password {console_password})");
         println!("  health         : http://{addr}/healthz");
         println!("  metrics        : http://{addr}/metrics");
         println!("  API token      : {token_for_banner}");
@@ -364,6 +366,35 @@ pub async fn demo(data_dir: Option<PathBuf>, listen: &str) -> Result<(), Error> 
     shutdown.trigger();
     sim.stopped().await;
     result
+}
+
+/// The demo's console login: user `admin` with a fresh password (set again when the data
+/// directory is reused).
+async fn demo_admin(cfg: &Config) -> Result<String, Error> {
+    prepare_dirs(cfg)?;
+    let password = format!("{}", uuid::Uuid::new_v4().simple())[..16].to_owned();
+    let hash = xueliang_api::hash_password_blocking(password.clone()).await?;
+    let store = open_store(cfg).await?;
+    let now = xueliang_core::Clock::now(&SystemClock);
+    let r = if store.get_user_by_name("admin").await?.is_some() {
+        store.update_user_password("admin", &hash, now).await
+    } else {
+        store
+            .create_user(&xueliang_store::UserRecord {
+                id: xueliang_core::EntityId::new_at(now),
+                username: "admin".into(),
+                password_hash: hash,
+                role: xueliang_core::config::Role::Admin,
+                cameras: vec!["*".into()],
+                devices: vec!["*".into()],
+                disabled: false,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+    };
+    store.close().await;
+    r.map(|_| password)
 }
 
 /// `xueliang sim`: the simulator alone, until a signal.
