@@ -69,6 +69,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use xueliang_benches::{target_dir, xueliang_bin};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,57 +161,6 @@ impl Opts {
         }
         Ok(o)
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ has a parent")
-        .to_owned()
-}
-
-/// The cargo target directory: `CARGO_TARGET_DIR` if absolute, else the one this binary was
-/// built into (`target/<profile>/deps/alarms-HASH`).
-fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)
-        && d.is_absolute()
-    {
-        return d;
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.ancestors().nth(3).map(Path::to_owned))
-        .filter(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
-/// The release `xueliang` binary, built first unless told otherwise.
-fn xueliang_bin(opts: &Opts) -> Result<PathBuf> {
-    if let Some(b) = &opts.bin {
-        return Ok(b.clone());
-    }
-    let target = target_dir();
-    if opts.build {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "xueliang", "--bin", "xueliang"])
-            .arg("--target-dir")
-            .arg(&target)
-            .status()?;
-        if !st.success() {
-            return Err(format!("cargo build --release -p xueliang failed ({st})").into());
-        }
-    }
-    let b = target.join("release").join("xueliang");
-    if !b.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release -p xueliang --bin xueliang`",
-            b.display()
-        )
-        .into());
-    }
-    Ok(b)
 }
 
 fn free_port() -> Result<u16> {
@@ -1210,7 +1160,7 @@ fn report(opts: &Opts, reports: &[BackendReport]) -> Result<()> {
 fn main() -> Result<()> {
     let opts = Opts::parse()?;
     origin();
-    let bin = xueliang_bin(&opts)?;
+    let bin = xueliang_bin(opts.bin.as_deref(), opts.build)?;
     let base = target_dir().join("alarm-bench");
     std::fs::create_dir_all(&base)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -41,6 +41,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use xueliang_benches::{target_dir, xueliang_bin};
 
 use xueliang_core::media::VideoCodec;
 use xueliang_core::shutdown::Shutdown;
@@ -134,28 +135,6 @@ impl Opts {
 // ---------------------------------------------------------------------------------------------
 // Paths, clip, binaries
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ has a parent")
-        .to_owned()
-}
-
-/// The cargo target directory: `CARGO_TARGET_DIR` if absolute, else the one this binary was
-/// built into (`target/<profile>/deps/load-HASH`), which follows a relative one too.
-fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)
-        && d.is_absolute()
-    {
-        return d;
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.ancestors().nth(3).map(Path::to_owned))
-        .filter(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
 /// The Annex B clip every simulated camera serves, encoded once and cached: 1920x1080, 25 fps,
 /// ~4 Mb/s, no B-frames, a key frame every 2 s with SPS/PPS before each.
 ///
@@ -202,35 +181,6 @@ fn load_clip() -> Result<PathBuf> {
     }
     std::fs::rename(&partial, &path)?;
     Ok(path)
-}
-
-/// The release `xueliang` binary, built first unless told otherwise.
-fn xueliang_bin(opts: &Opts) -> Result<PathBuf> {
-    if let Some(b) = &opts.bin {
-        return Ok(b.clone());
-    }
-    let target = target_dir();
-    if opts.build {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "xueliang", "--bin", "xueliang"])
-            .arg("--target-dir")
-            .arg(&target)
-            .status()?;
-        if !st.success() {
-            return Err(format!("cargo build --release -p xueliang failed ({st})").into());
-        }
-    }
-    let b = target.join("release").join("xueliang");
-    if !b.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release -p xueliang --bin xueliang`",
-            b.display()
-        )
-        .into());
-    }
-    Ok(b)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -998,7 +948,7 @@ fn run(o: Opts) -> Result<()> {
         clip.width, clip.height, clip.fps, clip_secs
     );
     drop(clip);
-    let bin = xueliang_bin(&o)?;
+    let bin = xueliang_bin(o.bin.as_deref(), o.build)?;
     let tck = clk_tck();
     let work = target_dir().join("load-bench");
     let max_n = o.streams.iter().copied().max().unwrap_or(1);

@@ -407,28 +407,7 @@ min_free_bytes = "1 MiB"
     drop(svc);
     storm(broker.port, second.to_vec(), &format!("storm-pub-b-{id}"));
     let svc = Service::start(&cfg, &[]);
-    let count = |dir: &Path| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let opts = xueliang_store::OpenOptions::sqlite(&dir.join("xueliang.db"));
-            let store = xueliang_store::open(&opts, node.parse().unwrap())
-                .await
-                .unwrap();
-            let incidents = store
-                .list_incidents(&xueliang_store::IncidentFilter {
-                    limit: 10_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let mut signals = Vec::new();
-            for i in &incidents {
-                signals.extend(store.incident_signals(i.id).await.unwrap());
-            }
-            store.close().await;
-            (incidents, signals)
-        })
-    };
+    let count = |dir: &Path| stored_alarms(dir, &node);
     let started = Instant::now();
     let mut seen = 0;
     wait_for(Duration::from_secs(240), "every unique press", || {

@@ -190,44 +190,6 @@ async fn press_and_hear_back(
     ack.unwrap()
 }
 
-/// A subscriber on its own thread: every message on `topic` arrives on the channel as JSON.
-fn watch_topic(port: u16, topic: &str, client_id: &str) -> mpsc::Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (topic, client_id) = (topic.to_owned(), client_id.to_owned());
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let (client, mut ev) = mqtt_connect(port, &client_id, None)
-                    .await
-                    .expect("subscriber connects");
-                subscribe(&client, &mut ev, &topic).await;
-                let _ = ready_tx.send(());
-                loop {
-                    match ev.poll().await {
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let v = serde_json::from_slice(&p.payload).unwrap_or_else(|e| {
-                                panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&p.payload))
-                            });
-                            if tx.send(v).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("subscriber ready");
-    rx
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server-Sent Events
 
@@ -718,11 +680,18 @@ fn alarm_events_are_published_on_mqtt() {
     let cfg = external_node(dir.path(), &node, &broker, &device, &other);
     let mut svc = Service::start(&cfg, &[]);
     connected(&mut svc);
-    let events = watch_topic(broker.port, "xueliang/v1/events", &format!("watch-{id}"));
+    let events = xueliang_tests::broker::watch_topic(
+        broker.port,
+        &format!("watch-{id}"),
+        "xueliang/v1/events",
+        false,
+    );
     let next = |what: &str| {
-        events
+        let raw = events
             .recv_timeout(Duration::from_secs(15))
-            .unwrap_or_else(|_| panic!("no MQTT event for {what} within 15 s"))
+            .unwrap_or_else(|_| panic!("no MQTT event for {what} within 15 s"));
+        serde_json::from_slice::<Value>(&raw)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&raw)))
     };
 
     publish(broker.port, &alarm_topic(&device), &press_payload(1));
@@ -758,31 +727,11 @@ fn alarm_events_are_published_on_mqtt() {
     assert_eq!(end["after"]["id"], alarm.as_str());
     assert!(!end["after"]["resolved_at"].is_null(), "{end}");
     if let Ok(extra) = events.recv_timeout(Duration::from_millis(500)) {
-        panic!("one event per change, yet also {extra}");
+        panic!(
+            "one event per change, yet also {}",
+            String::from_utf8_lossy(&extra)
+        );
     }
-}
-
-/// Store contents: every incident, and every signal linked to one.
-fn stored(dir: &Path, node: &str) -> (Vec<xueliang_store::Incident>, Vec<xueliang_store::Signal>) {
-    rt().block_on(async {
-        let opts = xueliang_store::OpenOptions::sqlite(&dir.join("xueliang.db"));
-        let store = xueliang_store::open(&opts, node.parse().unwrap())
-            .await
-            .unwrap();
-        let incidents = store
-            .list_incidents(&xueliang_store::IncidentFilter {
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut signals = Vec::new();
-        for i in &incidents {
-            signals.extend(store.incident_signals(i.id).await.unwrap());
-        }
-        store.close().await;
-        (incidents, signals)
-    })
 }
 
 /// One button's presses, paced, from a client with a persistent session: unacknowledged
@@ -898,7 +847,7 @@ fn mosquitto_restart_mid_storm_loses_nothing() {
 
     let mut seen = 0;
     wait_for(Duration::from_secs(20), "every unique press", || {
-        let (_, sig) = stored(dir.path(), &node);
+        let (_, sig) = stored_alarms(dir.path(), &node);
         if sig.len() != seen {
             seen = sig.len();
             eprintln!("{seen} of {unique} presses stored");
@@ -907,7 +856,7 @@ fn mosquitto_restart_mid_storm_loses_nothing() {
     });
     // Let anything redelivered late arrive, then read once more at one state.
     std::thread::sleep(Duration::from_millis(1000));
-    let (incidents, signals) = stored(dir.path(), &node);
+    let (incidents, signals) = stored_alarms(dir.path(), &node);
     assert_eq!(signals.len(), unique, "each unique press exactly once");
     let keys: HashSet<_> = signals
         .iter()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use xueliang_tests::broker::TestBroker;
+use xueliang_tests::broker::{TestBroker, watch_topic};
 use xueliang_tests::*;
 
 const TOKEN: &str = "bridge-admin-token-0123456789";
@@ -280,50 +280,6 @@ fn city_session(port: u16, client_id: &str, topic: &str) {
     });
 }
 
-/// A city subscriber on its own thread: every message on `topic`, raw, in arrival order.
-/// Returns once subscribed; with `persistent`, what the broker queued for the session arrives
-/// too.
-fn watch_city(
-    port: u16,
-    client_id: &str,
-    topic: &str,
-    persistent: bool,
-) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (topic, client_id) = (topic.to_owned(), client_id.to_owned());
-    std::thread::spawn(move || {
-        rt().block_on(async move {
-            let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-            o.set_keep_alive(Duration::from_secs(5))
-                .set_clean_session(!persistent);
-            let (client, mut ev) = AsyncClient::new(o, 10);
-            loop {
-                match ev.poll().await {
-                    // Queued messages may come before the SUBACK: every publish counts.
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        client.try_subscribe(&topic, QoS::AtLeastOnce).unwrap();
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready_tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(p.payload.to_vec()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("city subscriber ready");
-    rx
-}
-
 /// One message as the city got it.
 #[derive(Clone, Debug)]
 struct CityEvent {
@@ -561,7 +517,7 @@ fn alarms_reach_the_city_broker_in_order() {
     let devices = TestBroker::start();
     let city = TestBroker::start();
     let topic = alarms_topic("skynet/v1", &node);
-    let rx = watch_city(city.port, &format!("city-{id}"), &topic, false);
+    let rx = watch_topic(city.port, &format!("city-{id}"), &topic, false);
     let cfg = config(
         dir.path(),
         &node,
@@ -682,7 +638,7 @@ fn the_city_down_then_back_gets_everything() {
     );
 
     city.resume();
-    let rx = watch_city(city.port, &watcher, &topic, true);
+    let rx = watch_topic(city.port, &watcher, &topic, true);
     let mut got = Vec::new();
     let s = receive_everything(&rx, &mut got, dir.path(), &node, Duration::from_secs(50));
     let copies = assert_city_has_everything(&got, &s, &node);
@@ -730,7 +686,7 @@ fn kill_9_during_the_drain_loses_nothing() {
     eprintln!("{queued} alarm changes queued while the city was down");
 
     city.resume();
-    let rx = watch_city(city.port, &watcher, &topic, true);
+    let rx = watch_topic(city.port, &watcher, &topic, true);
     let mut got = Vec::new();
     wait_for(Duration::from_secs(45), "the drain to get going", || {
         drain(&rx, &mut got);

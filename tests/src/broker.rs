@@ -3,7 +3,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// Mosquitto on a free loopback port with the queue limits a monitoring centre should use:
 /// Debian's default `max_queued_messages 1000` drops presses queued for a service that is down
@@ -172,4 +175,52 @@ pub fn forget_session(port: u16, client_id: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// A subscriber on its own thread: every message on `topic`, raw, in arrival order.
+/// Returns once subscribed; with `persistent`, what the broker queued for the session arrives
+/// too.
+pub fn watch_topic(
+    port: u16,
+    client_id: &str,
+    topic: &str,
+    persistent: bool,
+) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (topic, client_id) = (topic.to_owned(), client_id.to_owned());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("subscriber runtime")
+            .block_on(async move {
+                let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+                o.set_keep_alive(Duration::from_secs(5))
+                    .set_clean_session(!persistent);
+                let (client, mut ev) = AsyncClient::new(o, 10);
+                loop {
+                    match ev.poll().await {
+                        // Queued messages may come before the SUBACK: every publish counts.
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            client.try_subscribe(&topic, QoS::AtLeastOnce).unwrap();
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = ready_tx.send(());
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if tx.send(p.payload.to_vec()).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("subscriber ready");
+    rx
 }

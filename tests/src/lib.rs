@@ -259,6 +259,36 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// What a service's SQLite holds: every incident, and every signal linked to one.
+pub fn stored_alarms(
+    dir: &Path,
+    node: &str,
+) -> (Vec<xueliang_store::Incident>, Vec<xueliang_store::Signal>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let opts = xueliang_store::OpenOptions::sqlite(&dir.join("xueliang.db"));
+        let store = xueliang_store::open(&opts, node.parse().expect("node id"))
+            .await
+            .expect("open the service's database");
+        let incidents = store
+            .list_incidents(&xueliang_store::IncidentFilter {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("list incidents");
+        let mut signals = Vec::new();
+        for i in &incidents {
+            signals.extend(store.incident_signals(i.id).await.expect("signals"));
+        }
+        store.close().await;
+        (incidents, signals)
+    })
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

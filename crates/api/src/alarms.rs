@@ -103,30 +103,8 @@ pub(crate) async fn list(
             }
         })
         .transpose()?;
-    let since = q
-        .get("since")
-        .map(|v| {
-            Timestamp::parse_rfc3339(v).map_err(|e| {
-                ApiError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("query parameter `since`: {v:?} is not an RFC 3339 time ({e})"),
-                )
-            })
-        })
-        .transpose()?;
-    let limit = match q.get("limit") {
-        None => 500,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=10_000).contains(l))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::InvalidArgument,
-                    "query parameter `limit` must be 1 to 10000",
-                )
-            })?,
-    };
+    let since = crate::params::time(&q, "since")?;
+    let limit = crate::params::limit(&q, 500)?;
     let priority = q
         .get("priority")
         .map(|p| {

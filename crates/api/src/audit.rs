@@ -101,28 +101,9 @@ pub(crate) async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     who.require(Role::Admin, "read the audit log")?;
-    let since = match q.get("since") {
-        Some(v) => Timestamp::parse_rfc3339(v).map_err(|e| {
-            ApiError::new(
-                ErrorKind::InvalidArgument,
-                format!("query parameter `since`: {v:?} is not an RFC 3339 time ({e})"),
-            )
-        })?,
-        None => Timestamp::from_millis(st.clock.now().as_millis() - 86_400_000),
-    };
-    let limit = match q.get("limit") {
-        None => 1000,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=10_000).contains(l))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::InvalidArgument,
-                    "query parameter `limit` must be 1 to 10000",
-                )
-            })?,
-    };
+    let since = crate::params::time(&q, "since")?
+        .unwrap_or_else(|| Timestamp::from_millis(st.clock.now().as_millis() - 86_400_000));
+    let limit = crate::params::limit(&q, 1000)?;
     let rows = st.store.list_audit(since, limit).await?;
     match q.get("format").map(String::as_str) {
         None | Some("json") => Ok(axum::Json(

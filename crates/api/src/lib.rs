@@ -12,6 +12,7 @@ mod events;
 mod headers;
 mod live;
 mod metrics;
+mod params;
 mod recordings;
 mod sessions;
 mod ui;

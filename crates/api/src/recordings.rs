@@ -19,18 +19,6 @@ const MAX_LIST_DAYS: i64 = 366;
 /// Longest span one export may cover.
 const MAX_EXPORT_HOURS: i64 = 24;
 
-fn param_time(q: &HashMap<String, String>, name: &str) -> Result<Option<Timestamp>, ApiError> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(v) => Timestamp::parse_rfc3339(v).map(Some).map_err(|e| {
-            ApiError::new(
-                ErrorKind::InvalidArgument,
-                format!("query parameter `{name}`: {v:?} is not an RFC 3339 time such as 2026-11-24T08:00:00Z ({e})"),
-            )
-        }),
-    }
-}
-
 pub(crate) fn check_camera(st: &AppState, who: &Principal, id: &str) -> Result<(), ApiError> {
     if !st.config.cameras.iter().any(|c| c.id == id) {
         return Err(ApiError::new(
@@ -79,19 +67,11 @@ pub(crate) struct RecordingsView {
     gaps: Vec<GapView>,
 }
 
-/// Spans up to this long list their segments unless asked not to.
-const SEGMENT_DETAIL_MS: i64 = 86_400_000;
-
-pub(crate) async fn list(
-    State(st): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<RecordingsView>, ApiError> {
-    check_camera(&st, &who, &id)?;
-    let to = param_time(&q, "to")?.unwrap_or_else(|| st.clock.now());
-    let from =
-        param_time(&q, "from")?.unwrap_or(Timestamp::from_millis(to.as_millis() - 86_400_000));
+/// `from` and `to` of a listing: the last day by default, at most [`MAX_LIST_DAYS`].
+fn span(st: &AppState, q: &HashMap<String, String>) -> Result<(Timestamp, Timestamp), ApiError> {
+    let to = crate::params::time(q, "to")?.unwrap_or_else(|| st.clock.now());
+    let from = crate::params::time(q, "from")?
+        .unwrap_or(Timestamp::from_millis(to.as_millis() - 86_400_000));
     if to <= from {
         return Err(ApiError::new(
             ErrorKind::InvalidArgument,
@@ -104,6 +84,20 @@ pub(crate) async fn list(
             format!("a query may cover at most {MAX_LIST_DAYS} days"),
         ));
     }
+    Ok((from, to))
+}
+
+/// Spans up to this long list their segments unless asked not to.
+const SEGMENT_DETAIL_MS: i64 = 86_400_000;
+
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<RecordingsView>, ApiError> {
+    check_camera(&st, &who, &id)?;
+    let (from, to) = span(&st, &q)?;
     let detail = match q.get("detail").map(String::as_str) {
         Some("segments") => true,
         Some("runs") => false,
@@ -172,15 +166,7 @@ pub(crate) async fn motion(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<MotionView>>, ApiError> {
     check_camera(&st, &who, &id)?;
-    let to = param_time(&q, "to")?.unwrap_or_else(|| st.clock.now());
-    let from =
-        param_time(&q, "from")?.unwrap_or(Timestamp::from_millis(to.as_millis() - 86_400_000));
-    if to <= from {
-        return Err(ApiError::new(
-            ErrorKind::InvalidArgument,
-            "`to` must be after `from`",
-        ));
-    }
+    let (from, to) = span(&st, &q)?;
     let rows = st.store.list_motion(&id, from, to, 10_000).await?;
     Ok(Json(
         rows.into_iter()
@@ -247,8 +233,8 @@ pub(crate) async fn export(
             format!("query parameter `{n}` is required"),
         )
     };
-    let from = param_time(&q, "from")?.ok_or_else(|| missing("from"))?;
-    let to = param_time(&q, "to")?.ok_or_else(|| missing("to"))?;
+    let from = crate::params::time(&q, "from")?.ok_or_else(|| missing("from"))?;
+    let to = crate::params::time(&q, "to")?.ok_or_else(|| missing("to"))?;
     if to <= from {
         return Err(ApiError::new(
             ErrorKind::InvalidArgument,

@@ -690,38 +690,6 @@ fn event(row: &DbRow) -> Result<EventRecord> {
     })
 }
 
-async fn insert_signal_tx(tx: &mut sqlx::Transaction<'_, Db>, s: &Signal) -> Result<SignalInsert> {
-    let r = sqlx::query(
-        "INSERT INTO alarm_signals (id, node_id, source, source_id, seq, kind, device_ts_ms, received_ms, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, source_id, seq) DO NOTHING",
-    )
-    .bind(s.id.to_string())
-    .bind(&s.node_id)
-    .bind(s.source.as_str())
-    .bind(&s.source_id)
-    .bind(s.seq)
-    .bind(&s.kind)
-    .bind(s.device_ts.map(Timestamp::as_millis))
-    .bind(s.received_at.as_millis())
-    .bind(&s.payload)
-    .execute(&mut **tx)
-    .await
-    .map_err(db("insert signal"))?;
-    if r.rows_affected() == 1 {
-        return Ok(SignalInsert::Inserted);
-    }
-    let row = sqlx::query(
-        "SELECT id FROM alarm_signals WHERE source = $1 AND source_id = $2 AND seq = $3",
-    )
-    .bind(s.source.as_str())
-    .bind(&s.source_id)
-    .bind(s.seq)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db("find duplicate signal"))?;
-    Ok(SignalInsert::Duplicate(id(&row, "id")?))
-}
-
 /// Returns whether the device is known (a status never moves a device's news backwards).
 async fn device_status_tx(tx: &mut sqlx::Transaction<'_, Db>, s: &DeviceStatus) -> Result<bool> {
     let r = sqlx::query(
@@ -1394,9 +1362,11 @@ impl crate::Store for StoreImpl {
 
     async fn insert_signal(&self, s: &Signal) -> Result<SignalInsert> {
         let mut tx = begin_write(&self.pool).await?;
-        let r = insert_signal_tx(&mut tx, s).await?;
+        let r = insert_signals_tx(&mut tx, std::slice::from_ref(s)).await?;
         tx.commit().await.map_err(db("commit signal"))?;
-        Ok(r)
+        r.into_iter()
+            .next()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "no result for the signal"))
     }
 
     async fn get_signal(&self, signal_id: EntityId) -> Result<Option<Signal>> {
