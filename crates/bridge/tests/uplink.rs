@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::broker::CityBroker;
+use common::broker::{CityBroker, Pki};
 use common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio_rustls::rustls::ClientConfig;
 use xueliang_bridge::mqtt_uplink::SINK;
 use xueliang_bridge::{
-    AlarmEventKind, DrainPolicy, Drainer, MqttUplink, OutboxMetrics, UplinkConfig, alarm_entry,
+    AlarmEventKind, DrainPolicy, Drainer, MqttUplink, OutboxMetrics, Sink, UplinkConfig,
+    alarm_entry,
 };
+use xueliang_core::config::{BridgeMqttConfig, Secret};
 use xueliang_core::model::{Condition, IncidentState};
 use xueliang_core::shutdown::Shutdown;
 use xueliang_core::{Clock, EntityId, SystemClock, Timestamp};
@@ -53,8 +56,8 @@ fn consumer_options(port: u16) -> MqttOptions {
 
 /// Connects the city's consumer once so the broker keeps its subscription (and queues for
 /// it) while it is away.
-async fn register_consumer(port: u16) {
-    let (c, mut el) = AsyncClient::new(consumer_options(port), 10);
+async fn register_consumer(opts: MqttOptions) {
+    let (c, mut el) = AsyncClient::new(opts, 10);
     c.subscribe("city/v1/+/alarms", QoS::AtLeastOnce)
         .await
         .unwrap();
@@ -72,18 +75,18 @@ async fn register_consumer(port: u16) {
 }
 
 /// Collects `(event_id, body)` of alarm messages until `want` distinct events arrived.
-async fn consume(port: u16, want: usize, limit: Duration) -> Vec<(String, Vec<u8>)> {
-    consume_counting(port, want, limit, Arc::default()).await
+async fn consume(opts: MqttOptions, want: usize, limit: Duration) -> Vec<(String, Vec<u8>)> {
+    consume_counting(opts, want, limit, Arc::default()).await
 }
 
 /// [`consume`], counting messages into `progress` as they arrive.
 async fn consume_counting(
-    port: u16,
+    opts: MqttOptions,
     want: usize,
     limit: Duration,
     progress: Arc<AtomicUsize>,
 ) -> Vec<(String, Vec<u8>)> {
-    let (_c, mut el) = AsyncClient::new(consumer_options(port), 10);
+    let (_c, mut el) = AsyncClient::new(opts, 10);
     let mut got = Vec::new();
     let mut distinct = HashSet::new();
     let deadline = tokio::time::Instant::now() + limit;
@@ -122,7 +125,7 @@ fn uplink_config(port: u16) -> UplinkConfig {
 async fn ten_thousand_alarms_raised_while_the_city_is_down_all_arrive_in_channel_order() {
     let mut city = CityBroker::configure();
     city.start();
-    register_consumer(city.port).await;
+    register_consumer(consumer_options(city.port)).await;
     city.stop();
 
     let db = TestDb::sqlite();
@@ -184,7 +187,7 @@ async fn ten_thousand_alarms_raised_while_the_city_is_down_all_arrive_in_channel
 
     // The city comes back.
     city.start();
-    let got = consume(city.port, 10_000, Duration::from_secs(40)).await;
+    let got = consume(consumer_options(city.port), 10_000, Duration::from_secs(40)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while store.outbox_stats(SINK).await.unwrap().pending > 0 {
         assert!(tokio::time::Instant::now() < deadline, "outbox not drained");
@@ -281,10 +284,10 @@ async fn a_silent_city_gets_a_trickle_of_attempts_not_a_storm() {
 async fn killed_mid_drain_the_successor_loses_nothing_and_repeats_only_identical_bytes() {
     let mut city = CityBroker::configure();
     city.start();
-    register_consumer(city.port).await;
+    register_consumer(consumer_options(city.port)).await;
     let progress = Arc::new(AtomicUsize::new(0));
     let collector = tokio::spawn(consume_counting(
-        city.port,
+        consumer_options(city.port),
         3_000,
         Duration::from_secs(40),
         progress.clone(),
@@ -382,10 +385,10 @@ async fn killed_mid_drain_the_successor_loses_nothing_and_repeats_only_identical
 async fn the_city_broker_restarting_mid_drain_costs_retries_not_alarms() {
     let mut city = CityBroker::configure();
     city.start();
-    register_consumer(city.port).await;
+    register_consumer(consumer_options(city.port)).await;
     let progress = Arc::new(AtomicUsize::new(0));
     let collector = tokio::spawn(consume_counting(
-        city.port,
+        consumer_options(city.port),
         3_000,
         Duration::from_secs(40),
         progress.clone(),
@@ -466,4 +469,146 @@ async fn the_city_broker_restarting_mid_drain_costs_retries_not_alarms() {
     }
     assert_eq!(first.len(), 3_000, "no loss");
     assert!(metric(&reg, "xueliang_outbox_retries_total", &[("sink", SINK)]) >= 1.0);
+}
+
+/// The city's consumer over TLS with the node's own client certificate (the broker asks for
+/// one), trusting what the uplink trusts.
+fn tls_consumer_options(port: u16, tls: &Arc<ClientConfig>) -> MqttOptions {
+    let mut o = consumer_options(port);
+    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        tls.clone(),
+    )));
+    o
+}
+
+fn tls_section(pki: &Pki, port: u16, ca: &str, client_cert: bool) -> BridgeMqttConfig {
+    BridgeMqttConfig {
+        url: format!("mqtts://127.0.0.1:{port}"),
+        topic_prefix: "city/v1".into(),
+        client_id: None,
+        username: Some("yantan".into()),
+        password: Some(Secret::new("uplink-pass")),
+        password_file: None,
+        ca_file: Some(pki.file(ca)),
+        client_cert_file: client_cert.then(|| pki.file("client.pem")),
+        client_key_file: client_cert.then(|| pki.file("client.key")),
+    }
+}
+
+fn tls_uplink_config(section: &BridgeMqttConfig) -> UplinkConfig {
+    let mut c = UplinkConfig::from_config(section, NODE).expect("uplink config");
+    c.reconnect_min = Duration::from_millis(100);
+    c.reconnect_max = Duration::from_millis(400);
+    c.ack_timeout = Duration::from_secs(5);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_reach_a_tls_city_broker_that_checks_the_node_certificate() {
+    let pki = Pki::generate();
+    let mut city = CityBroker::configure_tls(&pki, true);
+    city.start();
+    let section = tls_section(&pki, city.port, "ca.pem", true);
+    let cfg = tls_uplink_config(&section);
+    let tls = cfg.tls.clone().expect("mqtts:// gives a TLS config");
+    register_consumer(tls_consumer_options(city.port, &tls)).await;
+
+    let stop = Shutdown::new();
+    let (uplink, task) = MqttUplink::start(cfg, stop.clone());
+    let mut sent = HashMap::new();
+    for seq in 0..50u32 {
+        let at = t(i64::from(seq));
+        let event = EntityId::new_ordered(at);
+        let mut e = alarm_entry(
+            SINK,
+            NODE,
+            event,
+            &incident(EntityId::new_ordered(at), 1, at),
+            AlarmEventKind::New,
+            at,
+        );
+        e.channel = format!("ch-{seq}");
+        // The first deliveries may find the handshake still under way: retry those.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match uplink.deliver(&e).await {
+                Ok(()) => break,
+                Err(err) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no TLS delivery: {err}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        sent.insert(event.to_string(), e.payload);
+    }
+    let got = consume(
+        tls_consumer_options(city.port, &tls),
+        50,
+        Duration::from_secs(20),
+    )
+    .await;
+    for (event, body) in &got {
+        assert_eq!(&sent[event], body, "the city got what was sent");
+    }
+    stop.trigger();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_the_node_cannot_verify_or_that_refuses_its_certificate_gets_nothing() {
+    let pki = Pki::generate();
+    let mut city = CityBroker::configure_tls(&pki, true);
+    city.start();
+    let at = t(0);
+    let e = alarm_entry(
+        SINK,
+        NODE,
+        EntityId::new_ordered(at),
+        &incident(EntityId::new_ordered(at), 1, at),
+        AlarmEventKind::New,
+        at,
+    );
+    // A broker certificate from a CA the node was not told to trust; then no client
+    // certificate for a broker that requires one; then plain MQTT to the TLS port.
+    let untrusted = tls_uplink_config(&tls_section(&pki, city.port, "other-ca.pem", true));
+    let anonymous = tls_uplink_config(&tls_section(&pki, city.port, "ca.pem", false));
+    let mut plain = UplinkConfig::new("127.0.0.1", city.port, NODE);
+    plain.reconnect_min = Duration::from_millis(100);
+    plain.reconnect_max = Duration::from_millis(400);
+    for (what, cfg) in [
+        ("untrusted broker certificate", untrusted),
+        ("no client certificate", anonymous),
+        ("plain MQTT to a TLS port", plain),
+    ] {
+        let stop = Shutdown::new();
+        let (uplink, task) = MqttUplink::start(cfg, stop.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            assert!(!uplink.is_connected(), "{what}: connected");
+            let err = uplink.deliver(&e).await.expect_err(what);
+            assert!(err.is_retryable(), "{what}: {err}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.trigger();
+        task.await.unwrap();
+    }
+    // What the city's consumer can see: nothing arrived.
+    let pass = tls_uplink_config(&tls_section(&pki, city.port, "ca.pem", true));
+    let tls = pass.tls.clone().unwrap();
+    let (c, mut el) = AsyncClient::new(tls_consumer_options(city.port, &tls), 10);
+    c.subscribe("city/v1/+/alarms", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let quiet = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "an alarm reached the city: {quiet:?}");
 }

@@ -15,9 +15,134 @@ pub struct CityBroker {
     _dir: tempfile::TempDir,
 }
 
+/// A test PKI made with the `openssl` command: the city's CA, the broker's certificate for
+/// 127.0.0.1 and localhost, a node's client certificate, and a second CA nobody uses.
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    &["req", "-x509"][..],
+                    &ec[..],
+                    &[
+                        "-keyout",
+                        &format!("{ca}.key"),
+                        "-out",
+                        &format!("{ca}.pem"),
+                        "-days",
+                        "2",
+                        "-subj",
+                        &format!("/CN=xueliang test {ca}"),
+                    ],
+                ]
+                .concat(),
+            );
+        }
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn) in [("server", "localhost"), ("client", "yantan-01")] {
+            openssl(
+                d,
+                &[
+                    &["req"][..],
+                    &ec[..],
+                    &[
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                        "-subj",
+                        &format!("/CN={cn}"),
+                    ],
+                ]
+                .concat(),
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.pem"),
+                ],
+            );
+        }
+        // Mosquitto drops root before it reads its files.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in std::fs::read_dir(d).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Pki { dir }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl CityBroker {
     /// Configures a broker on a free port without starting it (the city is "down").
     pub fn configure() -> CityBroker {
+        Self::configure_with("")
+    }
+
+    /// A broker that speaks only TLS with the [`Pki`]'s server certificate, asking clients
+    /// for a certificate from its CA when `require_client_cert`.
+    pub fn configure_tls(pki: &Pki, require_client_cert: bool) -> CityBroker {
+        Self::configure_with(&format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n",
+            pki.file("ca.pem").display(),
+            pki.file("server.pem").display(),
+            pki.file("server.key").display(),
+        ))
+    }
+
+    fn configure_with(listener_options: &str) -> CityBroker {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -36,7 +161,8 @@ impl CityBroker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{listener_options}allow_anonymous true\n\
+                 persistence true\n\
                  persistence_location {}/\npersistence_file mosquitto.db\n\
                  max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\n",
                 data.display()

@@ -125,8 +125,8 @@ pub struct MqttConfig {
     pub mode: MqttMode,
     /// Embedded broker: address to listen on.
     pub listen: Option<String>,
-    /// External broker: `mqtt://host:port`, no credentials in it (this build speaks no TLS to
-    /// brokers: reach a remote one through a VPN or a local TLS tunnel).
+    /// External broker: `mqtt://host:port`, no credentials in it (the devices' broker is
+    /// reached in plain MQTT: on the box itself or over the village network).
     pub url: Option<String>,
     /// Stable client id for the persistent session; defaults to `xueliang-{node.id}`.
     pub client_id: Option<String>,
@@ -547,6 +547,7 @@ pub struct BridgeConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct BridgeMqttConfig {
+    /// `mqtt://host[:1883]` or, with TLS, `mqtts://host[:8883]`; no credentials in it.
     pub url: String,
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
@@ -554,6 +555,22 @@ pub struct BridgeMqttConfig {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
+    /// `mqtts://` only: the PEM CA certificate(s) the city broker's certificate must chain
+    /// to. Without it, the system's roots (Debian `ca-certificates`).
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://` only, with `client_key_file`: this node's PEM certificate chain, for a
+    /// broker that asks for client certificates.
+    pub client_cert_file: Option<PathBuf>,
+    /// `mqtts://` only: the PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl BridgeMqttConfig {
+    /// Whether `url` asks for TLS (`mqtts://` or `ssl://`).
+    pub fn is_tls(&self) -> bool {
+        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+        scheme.eq_ignore_ascii_case("mqtts") || scheme.eq_ignore_ascii_case("ssl")
+    }
 }
 fn default_topic_prefix() -> String {
     "skynet/v1".into()

@@ -251,8 +251,8 @@ fn sizes_parse_with_units() {
 #[test]
 fn api_tls_files_are_resolved_and_must_exist() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cert.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
-    std::fs::write(dir.path().join("key.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::fs::write(dir.path().join("cert.pem"), TEST_CERT).unwrap();
+    std::fs::write(dir.path().join("key.pem"), TEST_KEY).unwrap();
     let text = "[node]\nid = \"n\"\n[api]\nlisten = \"0.0.0.0:8443\"\n\
                 tls = { cert_file = \"cert.pem\", key_file = \"key.pem\" }\n";
     let c = load_str(text, "t.toml", dir.path(), &NoEnv).unwrap();
@@ -266,6 +266,24 @@ fn api_tls_files_are_resolved_and_must_exist() {
         .unwrap_err()
         .to_string();
     assert!(s.contains("api.tls.key_file: cannot read"), "{s}");
+    // The certificate where the key should be, and a truncated certificate.
+    let swapped = text.replace("key.pem", "cert.pem");
+    let s = load_str(&swapped, "t.toml", dir.path(), &NoEnv)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        s.contains("api.tls.key_file: ") && s.contains("no PEM private key"),
+        "{s}"
+    );
+    std::fs::write(dir.path().join("cert.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let s = load_str(text, "t.toml", dir.path(), &NoEnv)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        s.contains("api.tls.cert_file: ") && s.contains("PEM"),
+        "{s}"
+    );
+    std::fs::write(dir.path().join("cert.pem"), TEST_CERT).unwrap();
     let s = load_str(
         &text.replace("tls = {", "tls = { bogus = 1,"),
         "t.toml",
@@ -275,4 +293,78 @@ fn api_tls_files_are_resolved_and_must_exist() {
     .unwrap_err()
     .to_string();
     assert!(s.contains("api.tls.bogus: unknown key"), "{s}");
+}
+
+/// A self-signed certificate and its key, only for checking that config validation reads PEM.
+const TEST_CERT: &str = include_str!("testdata/cert.pem");
+const TEST_KEY: &str = include_str!("testdata/key.pem");
+
+fn bridge_mqtt_config(dir: &std::path::Path, mqtt: &str) -> Result<Config, String> {
+    let text = format!("[node]\nid = \"n\"\n[bridge.mqtt]\n{mqtt}");
+    load_str(&text, "t.toml", dir, &NoEnv).map_err(|e| e.to_string())
+}
+
+#[test]
+fn bridge_mqtt_tls_takes_a_ca_and_a_client_pair_only_with_mqtts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), TEST_CERT).unwrap();
+    std::fs::write(dir.path().join("node.pem"), TEST_CERT).unwrap();
+    std::fs::write(dir.path().join("node.key"), TEST_KEY).unwrap();
+
+    let c = bridge_mqtt_config(
+        dir.path(),
+        "url = \"mqtts://city.example:8883\"\nca_file = \"ca.pem\"\n\
+         client_cert_file = \"node.pem\"\nclient_key_file = \"node.key\"\n",
+    )
+    .unwrap();
+    let m = c.bridge.mqtt.as_ref().unwrap();
+    assert!(m.is_tls());
+    assert_eq!(
+        m.ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
+    assert_eq!(
+        m.client_key_file.as_deref(),
+        Some(dir.path().join("node.key").as_path())
+    );
+    // System roots when no CA is given; ssl:// is the same as mqtts://.
+    let c = bridge_mqtt_config(dir.path(), "url = \"ssl://city.example\"\n").unwrap();
+    assert!(c.bridge.mqtt.unwrap().is_tls());
+
+    // TLS files with a plain URL.
+    let e = bridge_mqtt_config(
+        dir.path(),
+        "url = \"mqtt://city.example\"\nca_file = \"ca.pem\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("bridge.mqtt.ca_file: is for TLS"), "{e}");
+    // Half a client pair.
+    let e = bridge_mqtt_config(
+        dir.path(),
+        "url = \"mqtts://city.example\"\nclient_cert_file = \"node.pem\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("bridge.mqtt.client_key_file: is required when client_cert_file is set"),
+        "{e}"
+    );
+    // A key where the CA should be, and a missing file.
+    let e = bridge_mqtt_config(
+        dir.path(),
+        "url = \"mqtts://city.example\"\nca_file = \"node.key\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("bridge.mqtt.ca_file: ") && e.contains("no certificate in it"),
+        "{e}"
+    );
+    let e = bridge_mqtt_config(
+        dir.path(),
+        "url = \"mqtts://city.example\"\nca_file = \"nope.pem\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("bridge.mqtt.ca_file: cannot read"), "{e}");
+    // Other schemes are still refused.
+    let e = bridge_mqtt_config(dir.path(), "url = \"wss://city.example\"\n").unwrap_err();
+    assert!(e.contains("bridge.mqtt.url: scheme must be one of"), "{e}");
 }

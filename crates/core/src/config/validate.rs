@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::load::Env;
 use super::path::KeyPath;
-use super::{Config, MqttMode, Secret};
+use super::{BridgeMqttConfig, Config, MqttMode, Secret};
 use crate::id::check_slug;
 
 type Problems = Vec<(KeyPath, String)>;
@@ -532,8 +532,13 @@ fn api(
             if file.is_relative() {
                 *file = base.join(&*file);
             }
-            if let Err(e) = std::fs::File::open(&*file) {
-                out.push((tp.key(key), format!("cannot read {}: {e}", file.display())));
+            let want = if key == "key_file" {
+                Pem::PrivateKey
+            } else {
+                Pem::Certificates
+            };
+            if let Err(e) = check_pem(file, want) {
+                out.push((tp.key(key), e));
             }
         }
     }
@@ -598,6 +603,81 @@ fn api(
     }
 }
 
+/// `[bridge.mqtt]`'s TLS files: only with `mqtts://`, the client pair together, each file
+/// readable PEM holding what its key says.
+fn bridge_mqtt_tls(m: &mut BridgeMqttConfig, base: &Path, mp: &KeyPath, out: &mut Problems) {
+    let tls = m.is_tls();
+    let (has_cert, has_key) = (m.client_cert_file.is_some(), m.client_key_file.is_some());
+    if has_cert != has_key {
+        let (set, missing) = if has_cert {
+            ("client_cert_file", "client_key_file")
+        } else {
+            ("client_key_file", "client_cert_file")
+        };
+        out.push((mp.key(missing), format!("is required when {set} is set")));
+    }
+    for (key, file, want) in [
+        ("ca_file", &mut m.ca_file, Pem::Certificates),
+        (
+            "client_cert_file",
+            &mut m.client_cert_file,
+            Pem::Certificates,
+        ),
+        ("client_key_file", &mut m.client_key_file, Pem::PrivateKey),
+    ] {
+        let Some(file) = file else { continue };
+        if !tls {
+            out.push((
+                mp.key(key),
+                "is for TLS: set url to mqtts://host:8883 or remove it".into(),
+            ));
+            continue;
+        }
+        if file.is_relative() {
+            *file = base.join(&*file);
+        }
+        if let Err(e) = check_pem(file, want) {
+            out.push((mp.key(key), e));
+        }
+    }
+}
+
+/// What a PEM file must hold.
+#[derive(Copy, Clone, Debug)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// Reads `file` and checks it holds at least one certificate, or a private key.
+fn check_pem(file: &Path, want: Pem) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    match want {
+        Pem::Certificates => {
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: not PEM certificates: {e}", file.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "{}: no certificate in it (expected -----BEGIN CERTIFICATE-----)",
+                    file.display()
+                ));
+            }
+        }
+        Pem::PrivateKey => {
+            PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                format!(
+                    "{}: no PEM private key in it (PKCS#8, PKCS#1 or SEC1): {e}",
+                    file.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn is_gb_id(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit())
 }
@@ -608,11 +688,12 @@ fn bridge(cfg: &mut Config, env: &dyn Env, base: &Path, out: &mut Problems) {
         let mp = p.key("mqtt");
         url_without_credentials(
             &m.url,
-            &["mqtt", "tcp"],
+            &["mqtt", "tcp", "mqtts", "ssl"],
             &mp.key("url"),
             "use username and password_file",
             out,
         );
+        bridge_mqtt_tls(m, base, &mp, out);
         let t = &m.topic_prefix;
         if t.is_empty() || t.starts_with('/') || t.ends_with('/') || t.contains(['+', '#']) {
             out.push((
