@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use xueliang_bridge::Sink;
 use xueliang_bridge::gb28181::{
     self, Catalog, Channel, ChannelKind, DeviceInfo, GbAlarmSink, PlatformConfig, PlatformHandle,
-    alarm_method, digest, manscdp,
+    SubscriptionKind, alarm_method, digest, manscdp,
 };
 use xueliang_core::config::{Charset, SipTransport};
 use xueliang_core::shutdown::Shutdown;
@@ -466,4 +466,111 @@ async fn silent_upper_times_out_and_missed_keepalives_reregister_without_a_storm
         "{ka_sends} sends / {} keepalives",
         call_ids.len()
     );
+}
+
+fn motion_alarm(sn: u32) -> Vec<u8> {
+    let t = chrono::DateTime::parse_from_rfc3339("2026-05-01T21:15:00+08:00").unwrap();
+    gb28181::alarm_body(
+        sn,
+        "51012400011320000001",
+        3,
+        alarm_method::VIDEO,
+        Some(2),
+        t,
+        None,
+        None,
+        "村口东 移动侦测",
+        Charset::Gb18030,
+    )
+}
+
+async fn alarm_subscription(tcp: bool) {
+    if !have_sipp() {
+        eprintln!("sipp not installed; skipping");
+        return;
+    }
+    let sipp = Sipp::start("uas_upper_subscribe.xml", tcp, &[]);
+    let mut cfg = config(&sipp, tcp);
+    cfg.keepalive_interval = Duration::from_secs(60);
+    let (h, shutdown, task) = start(&sipp, cfg).await;
+    let mut status = h.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| {
+            s.subscriptions
+                .iter()
+                .any(|x| x.kind == SubscriptionKind::Alarm)
+        }),
+    )
+    .await
+    .expect("the upper subscribed to alarms")
+    .unwrap();
+
+    // Priority 1 passes the subscription's filter: a NOTIFY in its dialog. The motion alarm
+    // (priority 3) does not: the unsolicited MESSAGE.
+    let sink = GbAlarmSink::new(h.clone());
+    let panic = panic_alarm(31_415);
+    sink.deliver(&entry(panic.clone()))
+        .await
+        .expect("panic alarm delivered by NOTIFY");
+    let motion = motion_alarm(31_416);
+    sink.deliver(&entry(motion.clone()))
+        .await
+        .expect("motion alarm delivered by MESSAGE");
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let registers = sipp.requests("REGISTER");
+    let reg_call = header(&registers[0], "Call-ID").unwrap().to_owned();
+    let notifies = sipp.requests("NOTIFY");
+    assert_eq!(notifies.len(), 1, "{notifies:#?}");
+    let n = &notifies[0];
+    assert!(
+        n.starts_with("NOTIFY sip:51010000002000000001@127.0.0.1:"),
+        "{n}"
+    );
+    assert_eq!(
+        header(n, "Call-ID"),
+        Some(reg_call.as_str()),
+        "in the dialog"
+    );
+    assert_eq!(header(n, "Event"), Some("presence"));
+    let state = header(n, "Subscription-State").unwrap();
+    assert!(state.starts_with("active;expires="), "{state}");
+    let to = header(n, "To").unwrap();
+    assert!(
+        to.contains("<sip:51010000002000000001@5101000000>;tag="),
+        "{to}"
+    );
+    assert!(
+        header(n, "From").unwrap().contains(";tag="),
+        "our tag from the 200"
+    );
+    assert_eq!(header(n, "CSeq"), Some("1 NOTIFY"));
+    assert!(n.contains(manscdp::decode(&panic).trim()), "{n}");
+
+    let alarms: Vec<_> = sipp
+        .requests("MESSAGE")
+        .into_iter()
+        .filter(|m| m.contains("<CmdType>Alarm</CmdType>"))
+        .collect();
+    assert_eq!(alarms.len(), 1, "{alarms:#?}");
+    assert!(alarms[0].contains(manscdp::decode(&motion).trim()));
+    assert!(
+        registers.iter().any(|m| header(m, "Expires") == Some("0")),
+        "unregister answered in the subscription's call"
+    );
+}
+
+#[tokio::test]
+async fn alarms_the_upper_subscribed_to_go_as_notify_in_its_dialog_over_udp() {
+    alarm_subscription(false).await;
+}
+
+#[tokio::test]
+async fn alarms_the_upper_subscribed_to_go_as_notify_in_its_dialog_over_tcp() {
+    alarm_subscription(true).await;
 }

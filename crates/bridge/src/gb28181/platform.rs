@@ -157,6 +157,11 @@ enum Command {
         require_registered: bool,
         reply: oneshot::Sender<Result<Response, SendError>>,
     },
+    /// An Alarm notify body: a NOTIFY in a matching alarm subscription, else a MESSAGE.
+    Alarm {
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<Response, SendError>>,
+    },
 }
 
 /// Cloneable access to a running user agent.
@@ -195,6 +200,19 @@ impl PlatformHandle {
     /// unregistered devices, and holding them is the outbox's job.
     pub async fn send_message(&self, body: Vec<u8>) -> Result<Response, SendError> {
         self.message(body, true).await
+    }
+
+    /// Send an Alarm notify body (from [`manscdp::alarm_body`]) and wait for the final
+    /// response: as a NOTIFY when the upper holds an alarm subscription (`Event: presence`)
+    /// whose priority and method filter the alarm passes, otherwise as a MESSAGE, the
+    /// standard's unsolicited form. Refused while not registered, like [`Self::send_message`].
+    pub async fn send_alarm(&self, body: Vec<u8>) -> Result<Response, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Alarm { body, reply })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)?
     }
 
     async fn message(
@@ -343,10 +361,66 @@ enum Reg {
     Off,
 }
 
+/// A subscription the upper holds: also the dialog its NOTIFYs are sent in (RFC 6665).
 #[derive(Debug)]
 struct Subscription {
     kind: SubscriptionKind,
     expires_at: Instant,
+    /// Request-URI of NOTIFYs: the SUBSCRIBE's Contact, else its From URI.
+    target: String,
+    /// The subscriber's From (with its tag): a NOTIFY's To.
+    remote: String,
+    /// The SUBSCRIBE's To with the tag this node answered with: a NOTIFY's From.
+    local: String,
+    /// The SUBSCRIBE's Event header, echoed.
+    event: String,
+    /// The last CSeq this node used in the dialog.
+    cseq: u32,
+    filter: AlarmFilter,
+}
+
+/// An alarm subscription's filter (GB/T 28181 §9.11 Query body): a priority range, 0 meaning
+/// any, and the alarm methods wanted as digits, `0` meaning all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct AlarmFilter {
+    start_priority: u8,
+    end_priority: u8,
+    methods: String,
+}
+
+impl AlarmFilter {
+    fn from_query(doc: &str) -> AlarmFilter {
+        let num = |name: &str| {
+            manscdp::element(doc, name)
+                .and_then(|v| v.trim().parse::<u8>().ok())
+                .unwrap_or(0)
+        };
+        AlarmFilter {
+            start_priority: num("StartAlarmPriority"),
+            end_priority: num("EndAlarmPriority"),
+            methods: manscdp::element(doc, "AlarmMethod")
+                .map(|m| m.trim().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether an alarm body passes: unknown fields pass (the upper asked for alarms).
+    fn admits(&self, alarm: &str) -> bool {
+        let priority = manscdp::element(alarm, "AlarmPriority").and_then(|v| v.parse::<u8>().ok());
+        if let Some(p) = priority {
+            if self.start_priority != 0 && p < self.start_priority {
+                return false;
+            }
+            if self.end_priority != 0 && p > self.end_priority {
+                return false;
+            }
+        }
+        let all = self.methods.is_empty() || self.methods.contains('0');
+        match manscdp::element(alarm, "AlarmMethod") {
+            Some(m) if !all => m.chars().all(|c| self.methods.contains(c)),
+            _ => true,
+        }
+    }
 }
 
 struct Core {
@@ -485,11 +559,18 @@ impl Core {
                     return;
                 }
                 let req = self.request(Method::Message, body);
-                if let Err((e, purpose)) = self.start(req, Purpose::User(reply), None).await
-                    && let Purpose::User(reply) = purpose
-                {
-                    let _ = reply.send(Err(SendError::Io(e)));
+                self.start_user(req, reply).await;
+            }
+            Wake::Command(Command::Alarm { body, reply }) => {
+                if self.registered_until.is_none() {
+                    let _ = reply.send(Err(SendError::NotRegistered));
+                    return;
                 }
+                let req = match self.alarm_notify(&body) {
+                    Some(req) => req,
+                    None => self.request(Method::Message, body),
+                };
+                self.start_user(req, reply).await;
             }
             Wake::Timer => self.on_timer().await,
             Wake::Shutdown => {}
@@ -497,6 +578,68 @@ impl Core {
     }
 
     // ---- client side -------------------------------------------------------------------
+
+    async fn start_user(
+        &mut self,
+        req: Request,
+        reply: oneshot::Sender<Result<Response, SendError>>,
+    ) {
+        if let Err((e, purpose)) = self.start(req, Purpose::User(reply), None).await
+            && let Purpose::User(reply) = purpose
+        {
+            let _ = reply.send(Err(SendError::Io(e)));
+        }
+    }
+
+    /// A NOTIFY carrying `body` in the longest-lived alarm subscription that admits it.
+    fn alarm_notify(&mut self, body: &[u8]) -> Option<Request> {
+        let now = Instant::now();
+        let doc = manscdp::decode(body);
+        let via = self.via();
+        let (call_id, sub) = self
+            .subs
+            .iter_mut()
+            .filter(|(_, s)| {
+                s.kind == SubscriptionKind::Alarm && s.expires_at > now && s.filter.admits(&doc)
+            })
+            .max_by_key(|(_, s)| s.expires_at)?;
+        sub.cseq += 1;
+        let mut req = Request::new(Method::Notify, sub.target.clone());
+        let h = &mut req.headers;
+        h.push("Via", via);
+        h.push("From", sub.local.clone());
+        h.push("To", sub.remote.clone());
+        h.push("Call-ID", call_id.clone());
+        h.push("CSeq", format!("{} NOTIFY", sub.cseq));
+        h.push("Max-Forwards", "70");
+        h.push("Event", sub.event.clone());
+        let left = sub
+            .expires_at
+            .saturating_duration_since(now)
+            .as_secs()
+            .max(1);
+        h.push(
+            "Subscription-State",
+            format!("active;expires={left};retry-after=0"),
+        );
+        h.push("User-Agent", self.cfg.user_agent.clone());
+        if self.cfg.gb2022 {
+            h.push("X-GB-Ver", "3.0");
+        }
+        h.push("Content-Type", MANSCDP_XML);
+        req.body = body.to_vec();
+        Some(req)
+    }
+
+    /// A Via header with a fresh branch.
+    fn via(&self) -> String {
+        format!(
+            "SIP/2.0/{} {};rport;branch=z9hG4bK{}",
+            self.transport_name(),
+            self.local,
+            rand_hex(16)
+        )
+    }
 
     fn publish(&mut self) {
         self.status.subscriptions = self
@@ -533,16 +676,9 @@ impl Core {
 
     fn common_headers(&mut self, req: &mut Request, call_id: &str) {
         self.cseq += 1;
+        let via = self.via();
         let h = &mut req.headers;
-        h.push(
-            "Via",
-            format!(
-                "SIP/2.0/{} {};rport;branch=z9hG4bK{}",
-                self.transport_name(),
-                self.local,
-                rand_hex(16)
-            ),
-        );
+        h.push("Via", via);
         h.push(
             "From",
             format!(
@@ -906,12 +1042,13 @@ impl Core {
             return;
         }
         // Only the upper platform may query this node's catalog.
+        let tag = rand_hex(10);
         let (status, extra, body, after) = if from.ip() != self.server.ip() {
             (403, Vec::new(), Vec::new(), None)
         } else {
-            self.serve(&req)
+            self.serve(&req, &tag)
         };
-        let mut resp = Response::to(&req, status, sip::reason(status), &rand_hex(10));
+        let mut resp = Response::to(&req, status, sip::reason(status), &tag);
         resp.headers.push("User-Agent", self.cfg.user_agent.clone());
         if self.cfg.gb2022 {
             resp.headers.push("X-GB-Ver", "3.0");
@@ -951,6 +1088,7 @@ impl Core {
     fn serve(
         &mut self,
         req: &Request,
+        tag: &str,
     ) -> (
         u16,
         Vec<(&'static str, String)>,
@@ -999,7 +1137,7 @@ impl Core {
                     _ => (404, Vec::new(), Vec::new(), None),
                 }
             }
-            Method::Subscribe => self.subscribe(req),
+            Method::Subscribe => self.subscribe(req, tag),
             Method::Notify => (200, Vec::new(), Vec::new(), None),
             // No media in this node: decline calls so the upper does not wait on them.
             Method::Invite => (488, Vec::new(), Vec::new(), None),
@@ -1012,6 +1150,7 @@ impl Core {
     fn subscribe(
         &mut self,
         req: &Request,
+        tag: &str,
     ) -> (
         u16,
         Vec<(&'static str, String)>,
@@ -1043,13 +1182,45 @@ impl Core {
         if expires == 0 {
             self.subs.remove(&call_id);
         } else {
-            self.subs.insert(
-                call_id,
-                Subscription {
-                    kind,
-                    expires_at: Instant::now() + Duration::from_secs(expires.into()),
-                },
-            );
+            let expires_at = Instant::now() + Duration::from_secs(expires.into());
+            let filter = AlarmFilter::from_query(&manscdp::decode(&req.body));
+            match self.subs.get_mut(&call_id) {
+                // A refresh in the dialog: new expiry and filter, same dialog.
+                Some(sub) if sub.kind == kind => {
+                    sub.expires_at = expires_at;
+                    sub.filter = filter;
+                }
+                _ => {
+                    let from = req.headers.get("from").unwrap_or_default().to_owned();
+                    let to = req.headers.get("to").unwrap_or_default();
+                    let local = if sip::param(to, "tag").is_some() {
+                        to.to_owned()
+                    } else {
+                        format!("{to};tag={tag}")
+                    };
+                    let target = req
+                        .headers
+                        .get("contact")
+                        .map(sip::header_uri)
+                        .filter(|u| !u.is_empty() && *u != "*")
+                        .unwrap_or_else(|| sip::header_uri(&from))
+                        .to_owned();
+                    let event = req.headers.get("event").unwrap_or("presence").to_owned();
+                    self.subs.insert(
+                        call_id,
+                        Subscription {
+                            kind,
+                            expires_at,
+                            target,
+                            remote: from,
+                            local,
+                            event,
+                            cseq: 0,
+                            filter,
+                        },
+                    );
+                }
+            }
         }
         self.publish();
         let sn = env.and_then(|e| e.sn).unwrap_or(0);
@@ -1093,4 +1264,43 @@ fn granted_expires(r: &Response) -> Option<Duration> {
                 .and_then(|v| v.parse().ok())
         })?;
     (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alarm(priority: u8, method: u8) -> String {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-05-01T21:14:03+08:00").unwrap();
+        let b = manscdp::alarm_body(
+            1,
+            "51012400011340000001",
+            priority,
+            method,
+            None,
+            t,
+            None,
+            None,
+            "x",
+            Charset::Utf8,
+        );
+        manscdp::decode(&b)
+    }
+
+    #[test]
+    fn alarm_filters_take_a_priority_range_and_method_digits() {
+        let f = |q: &str| AlarmFilter::from_query(&format!("<Query>{q}</Query>"));
+        let any = f("<StartAlarmPriority>0</StartAlarmPriority><AlarmMethod>0</AlarmMethod>");
+        assert!(any.admits(&alarm(1, 2)) && any.admits(&alarm(4, 5)));
+        assert!(f("").admits(&alarm(3, 5)), "no filter admits all");
+
+        let urgent = f("<StartAlarmPriority>1</StartAlarmPriority>\
+                        <EndAlarmPriority>2</EndAlarmPriority><AlarmMethod>0</AlarmMethod>");
+        assert!(urgent.admits(&alarm(1, 5)) && urgent.admits(&alarm(2, 2)));
+        assert!(!urgent.admits(&alarm(3, 2)));
+
+        let video = f("<AlarmMethod>56</AlarmMethod>");
+        assert!(video.admits(&alarm(1, 5)) && video.admits(&alarm(4, 6)));
+        assert!(!video.admits(&alarm(1, 2)), "a panic button is method 2");
+    }
 }

@@ -1,4 +1,5 @@
-//! The outbox sink that delivers alarm notifications to the upper platform as MESSAGEs.
+//! The outbox sink that delivers alarm notifications to the upper platform: NOTIFYs in its
+//! alarm subscription when it holds one, MESSAGEs otherwise.
 
 use async_trait::async_trait;
 use xueliang_store::OutboxEntry;
@@ -7,7 +8,7 @@ use super::platform::PlatformHandle;
 use crate::outbox::{DeliveryError, Sink};
 
 /// Delivers outbox entries whose payload is an Alarm notify body built by
-/// [`alarm_body`](super::manscdp::alarm_body). Delivered means a 2xx to the MESSAGE (the upper's
+/// [`alarm_body`](super::manscdp::alarm_body). Delivered means a 2xx to the NOTIFY or MESSAGE (the upper's
 /// business `Response` MESSAGE is optional: wvp never sends it).
 #[derive(Clone, Debug)]
 pub struct GbAlarmSink {
@@ -39,7 +40,7 @@ impl Sink for GbAlarmSink {
     async fn deliver(&self, entry: &OutboxEntry) -> Result<(), DeliveryError> {
         // One transaction per call and no retry here: the outbox owns retry timing and back-off,
         // so a failing upper sees one request (plus UDP retransmissions) per scheduled attempt.
-        match self.platform.send_message(entry.payload.clone()).await {
+        match self.platform.send_alarm(entry.payload.clone()).await {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
             Ok(r) => Err(DeliveryError::Retryable(format!(
                 "upper platform answered {} {}",
