@@ -57,7 +57,8 @@ struct Sipp {
 }
 
 impl Sipp {
-    fn start(scenario: &str, tcp: bool, keys: &[(&str, &str)]) -> Sipp {
+    /// `globals` set the scenario's `<Global variables>`.
+    fn start(scenario: &str, tcp: bool, globals: &[(&str, &str)]) -> Sipp {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(tcp);
         let sf = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,8 +76,8 @@ impl Sipp {
             .arg(dir.path().join("errors.log"))
             // A backstop: SIPp never outlives a crashed test by more than this.
             .args(["-timeout", "60s"]);
-        for (k, v) in keys {
-            cmd.args(["-key", k, v]);
+        for (k, v) in globals {
+            cmd.args(["-set", k, v]);
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -489,7 +490,7 @@ async fn alarm_subscription(tcp: bool) {
         eprintln!("sipp not installed; skipping");
         return;
     }
-    let sipp = Sipp::start("uas_upper_subscribe.xml", tcp, &[]);
+    let sipp = Sipp::start("uas_upper_subscribe.xml", tcp, &[("notify_answer", "200")]);
     let mut cfg = config(&sipp, tcp);
     cfg.keepalive_interval = Duration::from_secs(60);
     let (h, shutdown, task) = start(&sipp, cfg).await;
@@ -573,4 +574,46 @@ async fn alarms_the_upper_subscribed_to_go_as_notify_in_its_dialog_over_udp() {
 #[tokio::test]
 async fn alarms_the_upper_subscribed_to_go_as_notify_in_its_dialog_over_tcp() {
     alarm_subscription(true).await;
+}
+
+#[tokio::test]
+async fn a_notify_the_upper_no_longer_knows_drops_the_subscription_and_the_retry_is_a_message() {
+    if !have_sipp() {
+        eprintln!("sipp not installed; skipping");
+        return;
+    }
+    let sipp = Sipp::start(
+        "uas_upper_subscribe.xml",
+        false,
+        &[("notify_answer", "481")],
+    );
+    let mut cfg = config(&sipp, false);
+    cfg.keepalive_interval = Duration::from_secs(60);
+    let (h, shutdown, task) = start(&sipp, cfg).await;
+    let mut status = h.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| !s.subscriptions.is_empty()),
+    )
+    .await
+    .expect("the upper subscribed to alarms")
+    .unwrap();
+    let sink = GbAlarmSink::new(h.clone());
+    let panic = entry(panic_alarm(27));
+    let err = sink.deliver(&panic).await.unwrap_err();
+    assert!(err.is_retryable() && err.message().contains("481"), "{err}");
+    assert!(h.status().subscriptions.is_empty(), "subscription dropped");
+    sink.deliver(&panic)
+        .await
+        .expect("the retry goes as MESSAGE");
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(sipp.requests("NOTIFY").len(), 1);
+    let text = manscdp::decode(&panic.payload);
+    let alarms: Vec<_> = sipp
+        .requests("MESSAGE")
+        .into_iter()
+        .filter(|m| m.contains(text.trim()))
+        .collect();
+    assert_eq!(alarms.len(), 1, "{alarms:#?}");
 }

@@ -839,6 +839,11 @@ impl Core {
         if let Some(b) = self.ka_branch.take() {
             self.txns.remove(&b);
         }
+        // The upper subscribes again after the new registration (wvp drops its side too).
+        if !self.subs.is_empty() {
+            self.subs.clear();
+            self.publish();
+        }
         // A new Call-ID makes it a fresh registration, so the upper re-queries the catalog.
         self.call_id = new_call_id(self.local);
         self.register_failed();
@@ -869,6 +874,20 @@ impl Core {
     }
 
     async fn finish(&mut self, txn: ClientTxn, result: Result<Response, SendError>) {
+        // A NOTIFY the upper no longer knows the dialog of (481, e.g. after its restart) or
+        // refuses outright: drop that subscription, so the retry goes as a MESSAGE.
+        if txn.request.method == Method::Notify
+            && let Ok(r) = &result
+            && matches!(r.status, 481 | 403 | 404 | 489)
+            && let Some(call_id) = txn.request.call_id()
+            && self.subs.remove(call_id).is_some()
+        {
+            tracing::warn!(
+                status = r.status,
+                "gb28181 upper refused a NOTIFY; its subscription is dropped"
+            );
+            self.publish();
+        }
         match txn.purpose {
             Purpose::User(tx) => {
                 let _ = tx.send(result);
