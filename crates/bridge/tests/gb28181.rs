@@ -227,7 +227,21 @@ async fn start(
     sipp: &Sipp,
     cfg: PlatformConfig,
 ) -> (PlatformHandle, Shutdown, tokio::task::JoinHandle<()>) {
-    let (_tx, rx) = watch::channel(catalog());
+    let (h, shutdown, task, _tx) = start_with_catalog(sipp, cfg).await;
+    (h, shutdown, task)
+}
+
+/// [`start`], keeping the catalog's sender so the test can change the catalog.
+async fn start_with_catalog(
+    sipp: &Sipp,
+    cfg: PlatformConfig,
+) -> (
+    PlatformHandle,
+    Shutdown,
+    tokio::task::JoinHandle<()>,
+    watch::Sender<Catalog>,
+) {
+    let (tx, rx) = watch::channel(catalog());
     let shutdown = Shutdown::new();
     let (h, task) = gb28181::spawn(cfg, rx, shutdown.clone()).await.unwrap();
     let _ = sipp;
@@ -235,7 +249,7 @@ async fn start(
         .await
         .expect("registered in time")
         .unwrap();
-    (h, shutdown, task)
+    (h, shutdown, task, tx)
 }
 
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
@@ -490,7 +504,15 @@ async fn alarm_subscription(tcp: bool) {
         eprintln!("sipp not installed; skipping");
         return;
     }
-    let sipp = Sipp::start("uas_upper_subscribe.xml", tcp, &[("notify_answer", "200")]);
+    let sipp = Sipp::start(
+        "uas_upper_subscribe.xml",
+        tcp,
+        &[
+            ("notify_answer", "200"),
+            ("subscribe_event", "presence"),
+            ("subscribe_cmd", "Alarm"),
+        ],
+    );
     let mut cfg = config(&sipp, tcp);
     cfg.keepalive_interval = Duration::from_secs(60);
     let (h, shutdown, task) = start(&sipp, cfg).await;
@@ -585,7 +607,11 @@ async fn a_notify_the_upper_no_longer_knows_drops_the_subscription_and_the_retry
     let sipp = Sipp::start(
         "uas_upper_subscribe.xml",
         false,
-        &[("notify_answer", "481")],
+        &[
+            ("notify_answer", "481"),
+            ("subscribe_event", "presence"),
+            ("subscribe_cmd", "Alarm"),
+        ],
     );
     let mut cfg = config(&sipp, false);
     cfg.keepalive_interval = Duration::from_secs(60);
@@ -616,4 +642,64 @@ async fn a_notify_the_upper_no_longer_knows_drops_the_subscription_and_the_retry
         .filter(|m| m.contains(text.trim()))
         .collect();
     assert_eq!(alarms.len(), 1, "{alarms:#?}");
+}
+
+#[tokio::test]
+async fn catalog_subscribers_hear_of_channels_going_off_and_on() {
+    if !have_sipp() {
+        eprintln!("sipp not installed; skipping");
+        return;
+    }
+    let sipp = Sipp::start(
+        "uas_upper_subscribe.xml",
+        false,
+        &[
+            ("notify_answer", "200"),
+            ("subscribe_event", "Catalog"),
+            ("subscribe_cmd", "Catalog"),
+        ],
+    );
+    let mut cfg = config(&sipp, false);
+    cfg.keepalive_interval = Duration::from_secs(60);
+    let (h, shutdown, task, catalog_tx) = start_with_catalog(&sipp, cfg).await;
+    let mut status = h.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| {
+            s.subscriptions
+                .iter()
+                .any(|x| x.kind == SubscriptionKind::Catalog)
+        }),
+    )
+    .await
+    .expect("the upper subscribed to the catalog")
+    .unwrap();
+
+    // The first camera goes offline, then back; a redundant update changes nothing.
+    let camera = catalog().channels[0].id.clone();
+    catalog_tx.send_modify(|c| c.channels[0].online = false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    catalog_tx.send_modify(|c| c.channels[0].online = true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    catalog_tx.send_modify(|c| c.channels[2].name = "一键报警 1".into());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    let notifies = sipp.requests("NOTIFY");
+    assert_eq!(notifies.len(), 2, "{notifies:#?}");
+    for (n, event) in notifies.iter().zip(["OFF", "ON"]) {
+        assert_eq!(header(n, "Event"), Some("Catalog"));
+        assert!(n.contains("<CmdType>Catalog</CmdType>"), "{n}");
+        assert!(n.contains("<SumNum>1</SumNum>"), "{n}");
+        let item = &n[n.find("<Item>").expect("an item")..];
+        assert_eq!(
+            manscdp::element(item, "DeviceID").as_deref(),
+            Some(camera.as_str())
+        );
+        assert_eq!(manscdp::element(item, "Event").as_deref(), Some(event));
+        assert_eq!(manscdp::element(item, "Status").as_deref(), Some(event));
+    }
+    assert_eq!(header(&notifies[0], "CSeq"), Some("1 NOTIFY"));
+    assert_eq!(header(&notifies[1], "CSeq"), Some("2 NOTIFY"));
 }

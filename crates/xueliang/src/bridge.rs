@@ -2,6 +2,7 @@
 //! MQTT broker, the GB/T 28181 upper platform), and the outbox entries the alarm shell writes in
 //! the same transaction as each alarm change.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
@@ -11,6 +12,8 @@ use xueliang_bridge::mqtt_uplink::{self, MqttUplink, UplinkConfig};
 use xueliang_bridge::outbox::{DrainPolicy, Drainer, OutboxMetrics, Sink};
 use xueliang_bridge::payload::{AlarmEventKind, alarm_entry};
 use xueliang_core::config::{Charset, Config};
+use xueliang_core::health::{HealthBoard, StreamKind};
+use xueliang_core::model::CameraState;
 use xueliang_core::shutdown::Shutdown;
 use xueliang_core::{Clock, EntityId, Error, ErrorKind, ResultExt, Timestamp};
 use xueliang_store::{Incident, OutboxEntry, Store};
@@ -158,12 +161,82 @@ impl Bridge {
     }
 }
 
+/// How often the GB/T 28181 catalog's on/off states are brought up to date.
+const CATALOG_TRACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a catalog channel stands for, in catalog order (cameras, then devices).
+#[derive(Clone, Debug)]
+enum Source {
+    Camera { id: String, enabled: bool },
+    Device(String),
+}
+
+/// Whether a channel is on: a camera while its main stream delivers frames, off once it
+/// failed or when disabled (reconnecting keeps the last state, so a short reconnect is not
+/// an OFF and ON for the city); a button as its last heartbeat or last will said. `None`:
+/// nothing known, keep the state.
+fn channel_online(
+    source: &Source,
+    health: &HealthBoard,
+    devices: &HashMap<&str, Option<bool>>,
+) -> Option<bool> {
+    match source {
+        Source::Camera { enabled: false, .. } => Some(false),
+        Source::Camera { id, .. } => match health.get(id, StreamKind::Main)?.state {
+            CameraState::Online => Some(true),
+            CameraState::Offline => Some(false),
+            CameraState::Connecting => None,
+        },
+        Source::Device(id) => devices.get(id.as_str()).copied().flatten(),
+    }
+}
+
+/// Keeps the catalog the upper platform sees (its queries and its catalog subscription's
+/// ON/OFF NOTIFYs) in step with the cameras' health and the buttons' status.
+async fn track_catalog(
+    tx: watch::Sender<Catalog>,
+    sources: Vec<Source>,
+    health: HealthBoard,
+    store: Arc<dyn Store>,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CATALOG_TRACK_INTERVAL) => {}
+        }
+        let devices = match store.list_devices().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "catalog tracking: devices not read");
+                continue;
+            }
+        };
+        let by_id: HashMap<&str, Option<bool>> =
+            devices.iter().map(|d| (d.id.as_str(), d.online)).collect();
+        tx.send_if_modified(|cat| {
+            let mut changed = false;
+            for (ch, source) in cat.channels.iter_mut().zip(&sources) {
+                if let Some(online) = channel_online(source, &health, &by_id)
+                    && online != ch.online
+                {
+                    tracing::info!(channel = %ch.id, online, "gb28181 catalog channel changed");
+                    ch.online = online;
+                    changed = true;
+                }
+            }
+            changed
+        });
+    }
+}
+
 /// Starts the configured sinks and their drainers (nothing when `[bridge]` is empty).
 pub async fn start(
     cfg: &Config,
     store: Arc<dyn Store>,
     registry: &prometheus::Registry,
     clock: Arc<dyn Clock>,
+    health: HealthBoard,
     shutdown: &Shutdown,
 ) -> Result<Bridge, Error> {
     let mut outbound = Outbound {
@@ -225,6 +298,22 @@ pub async fn start(
                 format!("bridge.gb28181: cannot start SIP on {}", g.local_listen)
             })?;
         tasks.push(task);
+        let sources = cfg
+            .cameras
+            .iter()
+            .map(|c| Source::Camera {
+                id: c.id.clone(),
+                enabled: c.enabled,
+            })
+            .chain(cfg.devices.iter().map(|d| Source::Device(d.id.clone())))
+            .collect();
+        tasks.push(tokio::spawn(track_catalog(
+            tx.clone(),
+            sources,
+            health,
+            store.clone(),
+            shutdown.clone(),
+        )));
         catalog_tx = Some(tx);
         sinks.push(Arc::new(GbAlarmSink::named(GB_SINK, handle)));
         outbound.gb = Some(ids);
@@ -247,4 +336,60 @@ pub async fn start(
         outbound,
         _catalog: catalog_tx,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_follow_stream_health_and_button_status() {
+        let health = HealthBoard::new();
+        let t = Timestamp::from_millis(1);
+        let cam = |id: &str, enabled| Source::Camera {
+            id: id.into(),
+            enabled,
+        };
+        let devices: HashMap<&str, Option<bool>> = [
+            ("btn-1", Some(false)),
+            ("btn-2", Some(true)),
+            ("btn-3", None),
+        ]
+        .into();
+        // Nothing known yet, then connecting: keep what the catalog says.
+        assert_eq!(channel_online(&cam("gate", true), &health, &devices), None);
+        health.update("gate", StreamKind::Main, t, |_| {});
+        assert_eq!(channel_online(&cam("gate", true), &health, &devices), None);
+        health.update("gate", StreamKind::Main, t, |h| {
+            h.state = CameraState::Online
+        });
+        assert_eq!(
+            channel_online(&cam("gate", true), &health, &devices),
+            Some(true)
+        );
+        // A sub stream's failure does not take the camera off.
+        health.update("gate", StreamKind::Sub, t, |h| {
+            h.state = CameraState::Offline
+        });
+        assert_eq!(
+            channel_online(&cam("gate", true), &health, &devices),
+            Some(true)
+        );
+        health.update("gate", StreamKind::Main, t, |h| {
+            h.state = CameraState::Offline
+        });
+        assert_eq!(
+            channel_online(&cam("gate", true), &health, &devices),
+            Some(false)
+        );
+        assert_eq!(
+            channel_online(&cam("yard", false), &health, &devices),
+            Some(false)
+        );
+        let dev = |id: &str| channel_online(&Source::Device(id.into()), &health, &devices);
+        assert_eq!(
+            (dev("btn-1"), dev("btn-2"), dev("btn-3"), dev("btn-9")),
+            (Some(false), Some(true), None, None)
+        );
+    }
 }

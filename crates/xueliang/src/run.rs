@@ -183,8 +183,15 @@ pub async fn run(cfg: Arc<Config>, opts: RunOptions) -> Result<(), Error> {
     let mut state =
         xueliang_api::AppState::new(cfg.clone(), store.clone(), registry.clone(), clock.clone())?;
     state.shutdown = shutdown.clone();
-    let bridge =
-        crate::bridge::start(&cfg, store.clone(), &registry, clock.clone(), &shutdown).await?;
+    let bridge = crate::bridge::start(
+        &cfg,
+        store.clone(),
+        &registry,
+        clock.clone(),
+        pipeline.health.clone(),
+        &shutdown,
+    )
+    .await?;
     let alarms = crate::alarms::start(
         &cfg,
         store.clone(),

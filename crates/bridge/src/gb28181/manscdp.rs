@@ -96,7 +96,49 @@ pub fn keepalive(sn: u32, device_id: &str, charset: Charset) -> Vec<u8> {
     encode(charset, &s)
 }
 
-fn item(s: &mut String, ch: &Channel, parent_id: &str) {
+/// What happened to a channel, as a Catalog NOTIFY's `<Event>` says it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CatalogEvent {
+    On,
+    Off,
+    Add,
+    Del,
+}
+
+impl CatalogEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatalogEvent::On => "ON",
+            CatalogEvent::Off => "OFF",
+            CatalogEvent::Add => "ADD",
+            CatalogEvent::Del => "DEL",
+        }
+    }
+}
+
+/// A `Catalog` notify for the upper's catalog subscription: each changed channel as a full
+/// item with its `<Event>` (wvp reads the item for ADD, the id and event for the rest).
+pub fn catalog_notify(
+    sn: u32,
+    device_id: &str,
+    changes: &[(Channel, CatalogEvent)],
+    charset: Charset,
+) -> Vec<u8> {
+    let mut s = String::from(prolog(charset));
+    s.push_str("<Notify>\r\n");
+    el(&mut s, "CmdType", "Catalog");
+    el(&mut s, "SN", &sn.to_string());
+    el(&mut s, "DeviceID", device_id);
+    el(&mut s, "SumNum", &changes.len().to_string());
+    let _ = write!(s, "<DeviceList Num=\"{}\">\r\n", changes.len());
+    for (ch, event) in changes {
+        item(&mut s, ch, device_id, Some(*event));
+    }
+    s.push_str("</DeviceList>\r\n</Notify>\r\n");
+    encode(charset, &s)
+}
+
+fn item(s: &mut String, ch: &Channel, parent_id: &str, event: Option<CatalogEvent>) {
     s.push_str("<Item>\r\n");
     el(s, "DeviceID", &ch.id);
     el(s, "Name", &ch.name);
@@ -129,6 +171,9 @@ fn item(s: &mut String, ch: &Channel, parent_id: &str) {
         el(s, "PTZType", "3");
         s.push_str("</Info>\r\n");
     }
+    if let Some(e) = event {
+        el(s, "Event", e.as_str());
+    }
     s.push_str("</Item>\r\n");
 }
 
@@ -159,7 +204,7 @@ pub fn catalog_pages(
             el(&mut s, "SumNum", &total.to_string());
             let _ = write!(s, "<DeviceList Num=\"{}\">\r\n", chunk.len());
             for ch in chunk {
-                item(&mut s, ch, device_id);
+                item(&mut s, ch, device_id, None);
             }
             s.push_str("</DeviceList>\r\n</Response>\r\n");
             encode(charset, &s)

@@ -17,11 +17,11 @@ use tracing::Instrument;
 use xueliang_core::config::{Charset, Gb28181Config, SipTransport};
 use xueliang_core::shutdown::Shutdown;
 
-use super::Catalog;
 use super::digest::{self, Challenge};
 use super::manscdp::{self, DeviceInfo};
 use super::sip::{self, MANSCDP_XML, Message, Method, Request, Response};
 use super::transport::{self, Inbound, Link};
+use super::{Catalog, Channel};
 
 /// Everything the user agent needs, with the timers tests shorten.
 #[derive(Clone, Debug)]
@@ -262,6 +262,13 @@ pub async fn spawn(
         status: status_rx,
         local_addr: local,
     };
+    let mut catalog = catalog;
+    let announced = catalog
+        .borrow_and_update()
+        .channels
+        .iter()
+        .map(|c| (c.id.clone(), c.clone()))
+        .collect();
     let mut core = Core {
         call_id: new_call_id(local),
         cfg,
@@ -288,6 +295,8 @@ pub async fn spawn(
         readers,
         generation: 0,
         unregistered: false,
+        announced,
+        catalog_open: true,
     };
     let span = tracing::info_span!("gb28181", server = %core.cfg.server_addr);
     let task = tokio::spawn(
@@ -332,9 +341,14 @@ fn new_call_id(local: SocketAddr) -> String {
 
 #[derive(Debug)]
 enum Purpose {
-    Register { unregister: bool, authed: bool },
+    Register {
+        unregister: bool,
+        authed: bool,
+    },
     Keepalive,
     User(oneshot::Sender<Result<Response, SendError>>),
+    /// A catalog NOTIFY: best effort, the next change or query tells the upper again.
+    CatalogNotify,
 }
 
 #[derive(Debug)]
@@ -453,11 +467,16 @@ struct Core {
     readers: Vec<JoinHandle<()>>,
     generation: u64,
     unregistered: bool,
+    /// The catalog as catalog subscribers last heard of it, by channel id.
+    announced: HashMap<String, Channel>,
+    /// False once the catalog's sender is gone (nothing will change any more).
+    catalog_open: bool,
 }
 
 enum Wake {
     Inbound(Inbound),
     Command(Command),
+    Catalog(bool),
     Timer,
     Shutdown,
 }
@@ -527,11 +546,20 @@ impl Core {
                 None => std::future::pending().await,
             }
         };
+        let catalog_open = self.catalog_open;
+        let catalog = async {
+            if catalog_open {
+                self.catalog.changed().await.is_ok()
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             biased;
             _ = stop => Wake::Shutdown,
             Some(i) = self.in_rx.recv() => Wake::Inbound(i),
             Some(c) = self.cmd_rx.recv() => Wake::Command(c),
+            open = catalog => Wake::Catalog(open),
             _ = tokio::time::sleep_until(deadline) => Wake::Timer,
         }
     }
@@ -572,6 +600,8 @@ impl Core {
                 };
                 self.start_user(req, reply).await;
             }
+            Wake::Catalog(true) => self.on_catalog().await,
+            Wake::Catalog(false) => self.catalog_open = false,
             Wake::Timer => self.on_timer().await,
             Wake::Shutdown => {}
         }
@@ -595,21 +625,87 @@ impl Core {
     fn alarm_notify(&mut self, body: &[u8]) -> Option<Request> {
         let now = Instant::now();
         let doc = manscdp::decode(body);
-        let via = self.via();
-        let (call_id, sub) = self
+        let call_id = self
             .subs
-            .iter_mut()
+            .iter()
             .filter(|(_, s)| {
                 s.kind == SubscriptionKind::Alarm && s.expires_at > now && s.filter.admits(&doc)
             })
-            .max_by_key(|(_, s)| s.expires_at)?;
+            .max_by_key(|(_, s)| s.expires_at)
+            .map(|(id, _)| id.clone())?;
+        self.notify_request(&call_id, body)
+    }
+
+    /// The catalog changed: tell every catalog subscriber which channels went on or off, came
+    /// or went, in NOTIFYs of at most a catalog page each.
+    async fn on_catalog(&mut self) {
+        let cat = self.catalog.borrow_and_update().clone();
+        let mut changes = Vec::new();
+        for ch in &cat.channels {
+            match self.announced.get(&ch.id) {
+                None => changes.push((ch.clone(), manscdp::CatalogEvent::Add)),
+                Some(prev) if prev.online != ch.online => {
+                    let e = if ch.online {
+                        manscdp::CatalogEvent::On
+                    } else {
+                        manscdp::CatalogEvent::Off
+                    };
+                    changes.push((ch.clone(), e));
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, prev) in &self.announced {
+            if !cat.channels.iter().any(|c| &c.id == id) {
+                changes.push((prev.clone(), manscdp::CatalogEvent::Del));
+            }
+        }
+        self.announced = cat
+            .channels
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        if changes.is_empty() || self.registered_until.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let subscribers: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.kind == SubscriptionKind::Catalog && s.expires_at > now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call_id in subscribers {
+            for chunk in changes.chunks(self.cfg.catalog_page_size.max(1)) {
+                self.sn = self.sn.wrapping_add(1);
+                let body =
+                    manscdp::catalog_notify(self.sn, &self.cfg.local_id, chunk, self.cfg.charset);
+                let Some(req) = self.notify_request(&call_id, &body) else {
+                    continue;
+                };
+                tracing::info!(
+                    changes = chunk.len(),
+                    "gb28181 catalog change notified to the upper"
+                );
+                if let Err((e, _)) = self.start(req, Purpose::CatalogNotify, None).await {
+                    tracing::debug!(error = %e, "gb28181 catalog NOTIFY not sent");
+                }
+            }
+        }
+    }
+
+    /// A NOTIFY in the dialog of subscription `call_id`.
+    fn notify_request(&mut self, call_id: &str, body: &[u8]) -> Option<Request> {
+        let now = Instant::now();
+        let via = self.via();
+        let sub = self.subs.get_mut(call_id)?;
         sub.cseq += 1;
         let mut req = Request::new(Method::Notify, sub.target.clone());
         let h = &mut req.headers;
         h.push("Via", via);
         h.push("From", sub.local.clone());
         h.push("To", sub.remote.clone());
-        h.push("Call-ID", call_id.clone());
+        h.push("Call-ID", call_id);
         h.push("CSeq", format!("{} NOTIFY", sub.cseq));
         h.push("Max-Forwards", "70");
         h.push("Event", sub.event.clone());
@@ -892,6 +988,11 @@ impl Core {
             Purpose::User(tx) => {
                 let _ = tx.send(result);
             }
+            Purpose::CatalogNotify => match result {
+                Ok(r) if r.status < 300 => {}
+                Ok(r) => tracing::warn!(status = r.status, "gb28181 catalog NOTIFY refused"),
+                Err(e) => tracing::warn!(error = %e, "gb28181 catalog NOTIFY unanswered"),
+            },
             Purpose::Keepalive => {
                 self.ka_branch = None;
                 match result {
