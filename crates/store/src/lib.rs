@@ -186,6 +186,9 @@ pub trait Store: Send + Sync + Debug {
         error: &str,
     ) -> Result<()>;
 
+    /// The outbox reads and expiries below see only this node's entries (`node_id`): nodes
+    /// sharing one PostgreSQL each drain their own, under their own registration and topic.
+    ///
     /// What a sink's drainer may send now without breaking any channel's order. A channel's
     /// head is its oldest undelivered, unexpired entry (by id); a channel whose head is not yet
     /// due (a failed attempt waiting for its retry) is left out whole, so it blocks only itself.

@@ -70,6 +70,7 @@ contract!(
     events_page_in_id_order_and_prune_by_age,
     outbox_due_keeps_each_channel_in_order,
     outbox_expires_by_age_and_budget_and_prunes,
+    outbox_is_drained_per_node,
     users_create_update_disable,
     sessions_live_touch_and_die_with_their_user,
 );
@@ -2191,4 +2192,54 @@ async fn sessions_live_touch_and_die_with_their_user(s: Arc<dyn Store>, _db: &Te
     assert!(s.get_session("dd").await.unwrap().is_some());
     s.set_user_disabled("li", true, t(210)).await.unwrap();
     assert!(s.get_session("dd").await.unwrap().is_none());
+}
+
+async fn outbox_is_drained_per_node(s: Arc<dyn Store>, db: &TestDb) {
+    // Two nodes on one database, each with a city uplink of the same sink name: each node
+    // sees, sends, counts and expires only its own entries.
+    let other = xueliang_store::open(&db.options(), "node-b".parse().unwrap())
+        .await
+        .unwrap();
+    let mine = ob("skynet-mqtt", "inc-a", 3, 100, "a");
+    let mut theirs = ob("skynet-mqtt", "inc-b", 1, 200, "b");
+    theirs.node_id = "node-b".into();
+    s.enqueue_outbox(&[mine.clone(), theirs.clone()])
+        .await
+        .unwrap();
+    let ids = |v: Vec<OutboxEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.due_outbox("skynet-mqtt", t(1000), 10, 10).await.unwrap()),
+        vec![mine.id]
+    );
+    assert_eq!(
+        ids(other
+            .due_outbox("skynet-mqtt", t(1000), 10, 10)
+            .await
+            .unwrap()),
+        vec![theirs.id]
+    );
+    assert_eq!(
+        ids(s.pending_outbox("skynet-mqtt", t(1000), 10).await.unwrap()),
+        vec![mine.id]
+    );
+    assert_eq!(s.outbox_stats("skynet-mqtt").await.unwrap().pending, 1);
+    assert_eq!(
+        other.outbox_stats("skynet-mqtt").await.unwrap().oldest,
+        Some(t(200))
+    );
+    let gone = s
+        .expire_outbox("skynet-mqtt", t(10_000), t(10_000), "too old")
+        .await
+        .unwrap();
+    assert_eq!(gone.iter().map(|e| e.id).collect::<Vec<_>>(), vec![mine.id]);
+    let gone = s
+        .expire_outbox_over_budget("skynet-mqtt", 0, 0, t(10_000), "over budget")
+        .await
+        .unwrap();
+    assert!(
+        gone.is_empty(),
+        "node-b's entry is not this node's to expire"
+    );
+    assert_eq!(other.outbox_stats("skynet-mqtt").await.unwrap().pending, 1);
+    other.close().await;
 }

@@ -1607,13 +1607,15 @@ impl crate::Store for StoreImpl {
         limit: u32,
     ) -> Result<Vec<OutboxEntry>> {
         let sql = format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE sink = $1 AND delivered_ms IS NULL \
-             AND expired_ms IS NULL AND next_attempt_ms <= $2 ORDER BY priority, id LIMIT $3"
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE sink = $1 AND node_id = $4 \
+             AND delivered_ms IS NULL AND expired_ms IS NULL AND next_attempt_ms <= $2 \
+             ORDER BY priority, id LIMIT $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(sink)
             .bind(now.as_millis())
             .bind(i64::from(limit.max(1)))
+            .bind(self.node.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(db("list pending outbox"))?;
@@ -1672,7 +1674,7 @@ impl crate::Store for StoreImpl {
                  SELECT id, channel, priority, next_attempt_ms, \
                         ROW_NUMBER() OVER (PARTITION BY channel ORDER BY id) AS rn \
                  FROM outbox \
-                 WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL \
+                 WHERE sink = $1 AND node_id = $5 AND delivered_ms IS NULL AND expired_ms IS NULL \
              ), heads AS ( \
                  SELECT channel, priority AS head_priority, id AS head_id \
                  FROM live WHERE rn = 1 AND next_attempt_ms <= $2 \
@@ -1691,6 +1693,7 @@ impl crate::Store for StoreImpl {
             .bind(now.as_millis())
             .bind(i64::from(per_channel.max(1)))
             .bind(i64::from(limit.max(1)))
+            .bind(self.node.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(db("list due outbox entries"))?;
@@ -1747,7 +1750,8 @@ impl crate::Store for StoreImpl {
     ) -> Result<Vec<ExpiredOutbox>> {
         let rows = sqlx::query(
             "UPDATE outbox SET expired_ms = $3, last_error = $4 \
-             WHERE sink = $1 AND created_ms < $2 AND delivered_ms IS NULL AND expired_ms IS NULL \
+             WHERE sink = $1 AND node_id = $5 AND created_ms < $2 AND delivered_ms IS NULL \
+             AND expired_ms IS NULL \
              RETURNING id, channel, priority, created_ms, attempts, \
              CAST(LENGTH(payload) AS BIGINT) AS bytes",
         )
@@ -1755,6 +1759,7 @@ impl crate::Store for StoreImpl {
         .bind(before.as_millis())
         .bind(at.as_millis())
         .bind(reason)
+        .bind(self.node.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(db("expire old outbox entries"))?;
@@ -1777,9 +1782,10 @@ impl crate::Store for StoreImpl {
         const PAGE: i64 = 1_000;
         let total: i64 = sqlx::query(
             "SELECT COALESCE(CAST(SUM(LENGTH(payload)) AS BIGINT), 0) AS bytes FROM outbox \
-             WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+             WHERE sink = $1 AND node_id = $2 AND delivered_ms IS NULL AND expired_ms IS NULL",
         )
         .bind(sink)
+        .bind(self.node.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(db("sum outbox bytes"))
@@ -1796,13 +1802,14 @@ impl crate::Store for StoreImpl {
             let rows = sqlx::query(
                 "SELECT id, channel, priority, created_ms, attempts, \
                  CAST(LENGTH(payload) AS BIGINT) AS bytes FROM outbox \
-                 WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL \
+                 WHERE sink = $1 AND node_id = $5 AND delivered_ms IS NULL AND expired_ms IS NULL \
                  AND priority > $2 ORDER BY priority DESC, id LIMIT $3 OFFSET $4",
             )
             .bind(sink)
             .bind(keep_priority)
             .bind(PAGE)
             .bind(offset)
+            .bind(self.node.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(db("list outbox entries to expire"))?;
@@ -1846,20 +1853,22 @@ impl crate::Store for StoreImpl {
         let r = sqlx::query(
             "SELECT COUNT(*) AS n, COALESCE(CAST(SUM(LENGTH(payload)) AS BIGINT), 0) AS bytes, \
              MIN(created_ms) AS oldest_ms FROM outbox \
-             WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL",
+             WHERE sink = $1 AND node_id = $2 AND delivered_ms IS NULL AND expired_ms IS NULL",
         )
         .bind(sink)
+        .bind(self.node.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(db("outbox stats"))?;
         let due = sqlx::query(
             "SELECT MIN(o.next_attempt_ms) AS due_ms FROM outbox o JOIN ( \
                  SELECT MIN(id) AS head FROM outbox \
-                 WHERE sink = $1 AND delivered_ms IS NULL AND expired_ms IS NULL \
+                 WHERE sink = $1 AND node_id = $2 AND delivered_ms IS NULL AND expired_ms IS NULL \
                  GROUP BY channel \
              ) h ON o.id = h.head",
         )
         .bind(sink)
+        .bind(self.node.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(db("outbox next due"))?;
