@@ -162,6 +162,13 @@ impl Service {
         }
     }
 
+    /// Moves the lines logged so far into [`Service::log`], without waiting for more.
+    pub fn collect_log(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("service address")
     }

@@ -92,9 +92,10 @@ impl PlatformConfig {
             t1: Duration::from_millis(500),
             transaction_timeout: Duration::from_secs(32),
             // GB/T 28181 §9.1.2: retry no sooner than 60 s in steady state; the first retries
-            // come sooner so a brief blip does not cost a minute of alarms.
+            // come sooner so a brief blip does not cost a minute of alarms. The cap, jittered to
+            // 60-120 s, keeps that floor and brings alarms back within two minutes of the city.
             retry_base: Duration::from_secs(5),
-            retry_cap: Duration::from_secs(300),
+            retry_cap: Duration::from_secs(120),
             catalog_page_size: 4,
             device_info: DeviceInfo {
                 name: "Xueliang".into(),
