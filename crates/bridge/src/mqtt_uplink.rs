@@ -29,7 +29,7 @@ use rumqttc::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use xueliang_core::config::{BridgeMqttConfig, Secret};
 use xueliang_core::shutdown::Shutdown;
@@ -236,6 +236,8 @@ pub struct MqttUplink {
     cfg: Arc<UplinkConfig>,
     topic: String,
     link: Arc<Mutex<Link>>,
+    /// `true` from CONNACK to the connection's end.
+    up: watch::Receiver<bool>,
 }
 
 impl MqttUplink {
@@ -247,15 +249,17 @@ impl MqttUplink {
     ) -> (MqttUplink, tokio::task::JoinHandle<()>) {
         let cfg = Arc::new(cfg);
         let link = Arc::new(Mutex::new(Link::default()));
+        let (up_tx, up_rx) = watch::channel(false);
         let up = MqttUplink {
             topic: cfg.alarm_topic(),
             cfg: cfg.clone(),
             link: link.clone(),
+            up: up_rx,
         };
         let span =
             tracing::info_span!("mqtt_uplink", sink = %cfg.sink, host = %cfg.host, port = cfg.port);
         let task = tokio::spawn(tracing::Instrument::instrument(
-            connection_task(cfg, link, shutdown),
+            connection_task(cfg, link, up_tx, shutdown),
             span,
         ));
         (up, task)
@@ -280,6 +284,10 @@ fn lock(link: &Mutex<Link>) -> std::sync::MutexGuard<'_, Link> {
 impl Sink for MqttUplink {
     fn name(&self) -> &str {
         &self.cfg.sink
+    }
+
+    fn link(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.up.clone())
     }
 
     async fn deliver(&self, entry: &OutboxEntry) -> Result<(), DeliveryError> {
@@ -356,14 +364,20 @@ enum ConnectionEnd {
     },
 }
 
-async fn connection_task(cfg: Arc<UplinkConfig>, link: Arc<Mutex<Link>>, shutdown: Shutdown) {
+async fn connection_task(
+    cfg: Arc<UplinkConfig>,
+    link: Arc<Mutex<Link>>,
+    up: watch::Sender<bool>,
+    shutdown: Shutdown,
+) {
     let opts = mqtt_options(&cfg);
     let mut failures = 0u32;
     loop {
         let (client, mut eventloop) =
             AsyncClient::new(opts.clone(), usize::from(cfg.max_in_flight.max(1)));
-        let end = run_connection(&cfg, &link, &client, &mut eventloop, &shutdown).await;
+        let end = run_connection(&cfg, &link, &up, &client, &mut eventloop, &shutdown).await;
         lock(&link).reset();
+        up.send_if_modified(|u| std::mem::replace(u, false));
         match end {
             ConnectionEnd::Shutdown => break,
             ConnectionEnd::Lost { connected, err } => {
@@ -396,6 +410,7 @@ async fn connection_task(cfg: Arc<UplinkConfig>, link: Arc<Mutex<Link>>, shutdow
 async fn run_connection(
     cfg: &UplinkConfig,
     link: &Mutex<Link>,
+    up: &watch::Sender<bool>,
     client: &AsyncClient,
     eventloop: &mut rumqttc::EventLoop,
     shutdown: &Shutdown,
@@ -422,12 +437,14 @@ async fn run_connection(
                 {
                     l.unsent.push_back(None);
                 }
+                drop(l);
                 tracing::info!(
                     session_present = ack.session_present,
                     tls = cfg.tls.is_some(),
                     topic = %cfg.alarm_topic(),
                     "connected to the city broker"
                 );
+                up.send_replace(true);
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 let mut l = lock(link);

@@ -10,6 +10,10 @@
 //!   A retryable failure also pauses the whole sink for `backoff(consecutive failed rounds)`,
 //!   and while the sink is failing each round sends a single probe entry: an unreachable city
 //!   sees one attempt per pause, not one per queued alarm.
+//! * Recovery: a sink that reports its link ([`Sink::link`]) cuts the pause short when the
+//!   link comes back up (connected, registered), and once a probe is accepted every entry still
+//!   waiting for its own retry is made due ([`Store::retry_outbox_now`]): alarms resume as soon
+//!   as the city is back, not a back-off later.
 //! * Results of a round are written in one transaction. A drainer killed before that resends
 //!   those entries later with the same bytes; receivers deduplicate by `event_id`.
 //! * Budget: entries older than `max_age` expire, and while the sink's undelivered bytes exceed
@@ -27,7 +31,7 @@ use futures::StreamExt as _;
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::Instrument as _;
 use xueliang_core::shutdown::Shutdown;
 use xueliang_core::{Clock, Error, ErrorKind, ResultExt, Timestamp};
@@ -87,6 +91,13 @@ pub trait Sink: Send + Sync {
     /// Sends one entry's payload unchanged; resolves `Ok` only once the peer has acknowledged
     /// it (PUBACK, SIP 200, HTTP 2xx). Must not retry on its own: the drainer does.
     async fn deliver(&self, entry: &OutboxEntry) -> Result<(), DeliveryError>;
+
+    /// Whether the sink's link to its peer is up (connected, registered), for sinks that know.
+    /// A drainer pausing after failures retries as soon as it turns `true`; the link's own
+    /// reconnect back-off bounds how often that can happen. `None`: every pause is waited out.
+    fn link(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// How a drainer paces itself and what it keeps.
@@ -279,6 +290,22 @@ pub struct RoundReport {
     pub probe: bool,
 }
 
+/// Resolves once `link` turns up after it was last marked seen; never without a link.
+async fn link_back(link: Option<&mut watch::Receiver<bool>>) {
+    let Some(rx) = link else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            // The sink is gone; its pause is waited out.
+            return std::future::pending().await;
+        }
+        if *rx.borrow_and_update() {
+            return;
+        }
+    }
+}
+
 /// Delivers one sink's outbox; see the module docs.
 pub struct Drainer {
     store: Arc<dyn Store>,
@@ -288,6 +315,8 @@ pub struct Drainer {
     metrics: OutboxMetrics,
     clock: Arc<dyn Clock>,
     notify: Arc<Notify>,
+    /// The sink's link state, marked seen at the start of each round.
+    link: Option<watch::Receiver<bool>>,
     /// Consecutive rounds with a retryable failure (or a store error).
     failing_rounds: u32,
 }
@@ -320,7 +349,9 @@ impl Drainer {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let name = sink.name().to_owned();
+        let link = sink.link();
         Drainer {
+            link,
             store,
             sink,
             name,
@@ -375,6 +406,10 @@ impl Drainer {
                     tracing::warn!(err = %e.chain(), "outbox housekeeping failed");
                 }
             }
+            if let Some(link) = self.link.as_mut() {
+                // A link that comes up from here on, even during the round, ends its pause.
+                link.borrow_and_update();
+            }
             let round = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = self.drain_once() => r,
@@ -399,10 +434,27 @@ impl Drainer {
             };
             if let Some(pause) = pause {
                 // Deliberately not cut short by the writer's notify: during an outage every
-                // new alarm would otherwise trigger another attempt.
-                tokio::select! {
+                // new alarm would otherwise trigger another attempt. The link coming back is
+                // worth trying at once.
+                let back = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(pause) => false,
+                    () = link_back(self.link.as_mut()) => true,
+                };
+                if back {
+                    // The probe needs a due entry: the heads that failed wait for their retry.
+                    match self
+                        .store
+                        .retry_outbox_now(&self.name, self.clock.now())
+                        .await
+                    {
+                        Ok(rescheduled) => tracing::info!(
+                            failing_rounds = self.failing_rounds,
+                            rescheduled,
+                            "sink link is back; retrying now"
+                        ),
+                        Err(e) => tracing::warn!(err = %e.chain(), "outbox reschedule failed"),
+                    }
                 }
                 continue;
             }
@@ -470,8 +522,15 @@ impl Drainer {
             self.failing_rounds = self.failing_rounds.saturating_add(1);
         } else if report.delivered > 0 {
             if self.failing_rounds > 0 {
+                // Channels whose heads failed during the outage would otherwise each wait out
+                // their own back-off, up to `max_backoff`, behind a working sink.
+                let rescheduled = self
+                    .store
+                    .retry_outbox_now(&self.name, self.clock.now())
+                    .await?;
                 tracing::info!(
                     failing_rounds = self.failing_rounds,
+                    rescheduled,
                     "sink accepts deliveries again"
                 );
             }

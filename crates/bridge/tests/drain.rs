@@ -1,14 +1,17 @@
 //! The drainer against a real SQLite store and test sinks: backoff without storms, restart
-//! mid-drain, priority overtaking and expiry.
+//! mid-drain, priority overtaking, expiry, and recovery as soon as the sink's link is back.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::*;
-use xueliang_bridge::{DrainPolicy, Drainer, OutboxMetrics, Sink};
+use tokio::sync::watch;
+use xueliang_bridge::{DeliveryError, DrainPolicy, Drainer, OutboxMetrics, Sink};
 use xueliang_core::Clock;
 use xueliang_core::shutdown::Shutdown;
 use xueliang_core::time::{ManualClock, SystemClock};
@@ -373,4 +376,133 @@ async fn expiry_by_age_then_bytes_takes_the_oldest_lowest_priority_first_and_cou
         [1, 1, 3, 3, 3]
     );
     assert_eq!(metric(&reg, "xueliang_outbox_delivered_total", &l), 5.0);
+}
+
+/// A sink with a link the test flips: while the link is down, or while `refuse` is set, every
+/// delivery fails retryably.
+struct LinkedSink {
+    inner: RecordingSink,
+    up: watch::Sender<bool>,
+    refuse: AtomicBool,
+}
+
+#[async_trait]
+impl Sink for LinkedSink {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn deliver(&self, e: &OutboxEntry) -> Result<(), DeliveryError> {
+        if !*self.up.borrow() || self.refuse.load(Ordering::SeqCst) {
+            *self.inner.calls.lock().unwrap() += 1;
+            return Err(DeliveryError::retryable("city broker not connected"));
+        }
+        self.inner.deliver(e).await
+    }
+
+    fn link(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.up.subscribe())
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_link_coming_back_ends_the_pause_and_every_waiting_channel_goes_at_once() {
+    let (_db, s) = store().await;
+    let sink = Arc::new(LinkedSink {
+        inner: RecordingSink::new("city"),
+        up: watch::channel(false).0,
+        refuse: AtomicBool::new(false),
+    });
+    // Pauses and per-entry retries of a minute: anything delivered within seconds of the link
+    // coming back was woken by it.
+    let policy = DrainPolicy {
+        base_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(60),
+        jitter: false,
+        concurrency: 4,
+        ..Default::default()
+    };
+    let (d, reg) = drainer(&s, sink.clone(), policy, Arc::new(SystemClock));
+    let now = SystemClock.now();
+    let entries: Vec<_> = (0..2)
+        .flat_map(|seq| (0..4).map(move |ch| entry("city", &format!("btn-{ch}"), seq, 1, now)))
+        .collect();
+    s.enqueue_outbox(&entries).await.unwrap();
+    let notify = d.notifier();
+    let stop = Shutdown::new();
+    let task = tokio::spawn(d.run(stop.clone()));
+    let retries = || metric(&reg, "xueliang_outbox_retries_total", &[("sink", "city")]);
+    wait_for("a failed round", Duration::from_secs(10), || {
+        retries() > 0.0
+    })
+    .await;
+    let failed_calls = sink.inner.calls();
+    // Every channel's head failed and waits a minute; the sink pauses a minute.
+    let waiting = s
+        .pending_outbox("city", SystemClock.now(), 100)
+        .await
+        .unwrap();
+    assert!(
+        waiting
+            .iter()
+            .all(|e| e.attempts == 0 || e.next_attempt > SystemClock.now()),
+        "failed heads wait for their retry"
+    );
+
+    sink.up.send_replace(true);
+    wait_for(
+        "all 8 delivered within 10 s of the link coming back",
+        Duration::from_secs(10),
+        || sink.inner.seen().len() == 8,
+    )
+    .await;
+    let mut order: HashMap<String, Vec<u32>> = HashMap::new();
+    for (_, body) in sink.inner.seen() {
+        let (ch, seq) = channel_seq(&body);
+        order.entry(ch).or_default().push(seq);
+    }
+    assert!(order.values().all(|v| v == &[0, 1]), "{order:?}");
+    assert_eq!(
+        sink.inner.calls(),
+        failed_calls + 8,
+        "one probe, then each entry once: no extra attempts"
+    );
+
+    // The link staying up is no reason to retry early: a peer refusing while connected is
+    // waited out (here a minute), not hammered.
+    sink.refuse.store(true, Ordering::SeqCst);
+    s.enqueue_outbox(&[entry("city", "btn-9", 0, 1, SystemClock.now())])
+        .await
+        .unwrap();
+    let calls = sink.inner.calls();
+    let retried = retries();
+    notify.notify_one();
+    wait_for("the refusal", Duration::from_secs(10), || {
+        retries() > retried
+    })
+    .await;
+    sink.refuse.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sink.inner.calls(), calls + 1, "one attempt, then the pause");
+    assert_eq!(sink.inner.seen().len(), 8);
+    // A reconnect (down, up) ends that pause too.
+    sink.up.send_replace(false);
+    sink.up.send_replace(true);
+    wait_for(
+        "delivered after the reconnect",
+        Duration::from_secs(10),
+        || sink.inner.seen().len() == 9,
+    )
+    .await;
+    stop.trigger();
+    task.await.unwrap();
+    assert_eq!(s.outbox_stats("city").await.unwrap().pending, 0);
 }

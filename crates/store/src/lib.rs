@@ -202,6 +202,11 @@ pub trait Store: Send + Sync + Debug {
         per_channel: u32,
         limit: u32,
     ) -> Result<Vec<OutboxEntry>>;
+    /// Makes this node's undelivered, unexpired entries of `sink` that wait for a retry later
+    /// than `now` due at `now`, keeping their attempts and last error: once the sink accepts
+    /// deliveries again, channels held back by a failure during the outage need not wait out
+    /// their back-off. Returns how many entries were rescheduled.
+    async fn retry_outbox_now(&self, sink: &str, now: Timestamp) -> Result<u64>;
     /// Writes the results of a drain round in one transaction (one commit instead of one per
     /// entry). Results for entries already delivered or expired are skipped (a restarted
     /// drainer may resend what its predecessor delivered but did not record). Returns how many

@@ -71,6 +71,7 @@ contract!(
     outbox_due_keeps_each_channel_in_order,
     outbox_expires_by_age_and_budget_and_prunes,
     outbox_is_drained_per_node,
+    outbox_retry_now_makes_waiting_entries_due,
     users_create_update_disable,
     sessions_live_touch_and_die_with_their_user,
 );
@@ -2241,5 +2242,69 @@ async fn outbox_is_drained_per_node(s: Arc<dyn Store>, db: &TestDb) {
         "node-b's entry is not this node's to expire"
     );
     assert_eq!(other.outbox_stats("skynet-mqtt").await.unwrap().pending, 1);
+    other.close().await;
+}
+
+async fn outbox_retry_now_makes_waiting_entries_due(s: Arc<dyn Store>, db: &TestDb) {
+    // Once a sink accepts deliveries again, channels held back by earlier failures are due at
+    // once: only this node's, this sink's, undelivered and unexpired entries waiting past now.
+    let other = xueliang_store::open(&db.options(), "node-b".parse().unwrap())
+        .await
+        .unwrap();
+    let failed = ob("gb28181", "inc-a", 2, 100, "a");
+    let fresh = ob("gb28181", "inc-b", 2, 200, "b");
+    let done = ob("gb28181", "inc-c", 2, 300, "c");
+    let elsewhere = ob("skynet-mqtt", "inc-a", 2, 400, "d");
+    let mut theirs = ob("gb28181", "inc-e", 2, 500, "e");
+    theirs.node_id = "node-b".into();
+    s.enqueue_outbox(&[
+        failed.clone(),
+        fresh.clone(),
+        done.clone(),
+        elsewhere.clone(),
+        theirs.clone(),
+    ])
+    .await
+    .unwrap();
+    for e in [&failed, &done, &elsewhere] {
+        s.mark_outbox_failed(e.id, t(60_000), "503").await.unwrap();
+    }
+    other
+        .mark_outbox_failed(theirs.id, t(60_000), "503")
+        .await
+        .unwrap();
+    s.mark_outbox_delivered(done.id, t(2_000)).await.unwrap();
+    let ids = |v: Vec<OutboxEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.due_outbox("gb28181", t(1_000), 10, 10).await.unwrap()),
+        vec![fresh.id],
+        "the failed channel waits for its retry"
+    );
+    assert_eq!(s.retry_outbox_now("gb28181", t(1_000)).await.unwrap(), 1);
+    let due = s.due_outbox("gb28181", t(1_000), 10, 10).await.unwrap();
+    assert_eq!(ids(due.clone()), vec![failed.id, fresh.id]);
+    assert_eq!(due[0].next_attempt, t(1_000));
+    assert_eq!(due[0].attempts, 1, "the attempt still counts");
+    assert_eq!(due[0].last_error.as_deref(), Some("503"));
+    assert!(
+        s.due_outbox("skynet-mqtt", t(1_000), 10, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another sink's entries keep their schedule"
+    );
+    assert!(
+        other
+            .due_outbox("gb28181", t(1_000), 10, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another node's entries keep their schedule"
+    );
+    assert_eq!(
+        s.retry_outbox_now("gb28181", t(1_000)).await.unwrap(),
+        0,
+        "nothing left waiting"
+    );
     other.close().await;
 }

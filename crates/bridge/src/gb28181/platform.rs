@@ -170,6 +170,8 @@ enum Command {
 pub struct PlatformHandle {
     cmd: mpsc::Sender<Command>,
     status: watch::Receiver<PlatformStatus>,
+    /// `status.registered` alone, so a waiter wakes only when it flips.
+    registered: watch::Receiver<bool>,
     local_addr: SocketAddr,
 }
 
@@ -180,6 +182,11 @@ impl PlatformHandle {
 
     pub fn watch_status(&self) -> watch::Receiver<PlatformStatus> {
         self.status.clone()
+    }
+
+    /// Whether the node is registered with the upper platform; changes only when that flips.
+    pub fn watch_registered(&self) -> watch::Receiver<bool> {
+        self.registered.clone()
     }
 
     /// The bound SIP address (UDP) or the configured listen address (TCP).
@@ -258,9 +265,11 @@ pub async fn spawn(
         SipTransport::Tcp => (Link::Down, cfg.local_listen),
     };
     let (status_tx, status_rx) = watch::channel(PlatformStatus::default());
+    let (registered_tx, registered_rx) = watch::channel(false);
     let handle = PlatformHandle {
         cmd: cmd_tx.clone(),
         status: status_rx,
+        registered: registered_rx,
         local_addr: local,
     };
     let mut catalog = catalog;
@@ -282,6 +291,7 @@ pub async fn spawn(
         handle: handle.clone(),
         catalog,
         status_tx,
+        registered_tx,
         status: PlatformStatus::default(),
         txns: HashMap::new(),
         served: HashMap::new(),
@@ -449,6 +459,7 @@ struct Core {
     handle: PlatformHandle,
     catalog: watch::Receiver<Catalog>,
     status_tx: watch::Sender<PlatformStatus>,
+    registered_tx: watch::Sender<bool>,
     status: PlatformStatus,
     /// Client transactions by Via branch.
     txns: HashMap<String, ClientTxn>,
@@ -752,6 +763,9 @@ impl Core {
             .subscriptions
             .sort_by(|a, b| a.call_id.cmp(&b.call_id));
         self.status_tx.send_replace(self.status.clone());
+        let registered = self.status.registered;
+        self.registered_tx
+            .send_if_modified(|r| std::mem::replace(r, registered) != registered);
     }
 
     fn set_registered(&mut self, until: Option<Instant>) {

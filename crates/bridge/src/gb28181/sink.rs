@@ -2,6 +2,7 @@
 //! alarm subscription when it holds one, MESSAGEs otherwise.
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 use xueliang_store::OutboxEntry;
 
 use super::platform::PlatformHandle;
@@ -35,6 +36,10 @@ impl GbAlarmSink {
 impl Sink for GbAlarmSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn link(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.platform.watch_registered())
     }
 
     async fn deliver(&self, entry: &OutboxEntry) -> Result<(), DeliveryError> {
