@@ -1098,9 +1098,17 @@ async fn live_loop(
     let start = tokio::time::Instant::now();
     let mut i = 0u32;
     loop {
-        tokio::time::sleep_until(start + gap * i).await;
-        if stop.load(Ordering::Relaxed) {
-            return Ok(i as usize);
+        // Stop is checked every 10 ms, so the end of the drain is not held to the next tick.
+        let due = start + gap * i;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(i as usize);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= due {
+                break;
+            }
+            tokio::time::sleep_until(due.min(now + Duration::from_millis(10))).await;
         }
         let (e, key) = live_row(kind, i);
         tracker.lock().expect("tracker").add(key.clone(), true);
