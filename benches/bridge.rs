@@ -72,7 +72,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{Notify, watch};
-use xueliang_benches::{target_dir, workspace_root};
+use xueliang_benches::{
+    Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, workspace_root,
+};
 use xueliang_bridge::gb28181::{
     self, Catalog, Channel, ChannelKind, DeviceInfo, GbAlarmSink, PlatformConfig, alarm_method,
     manscdp,
@@ -242,62 +244,6 @@ fn wall_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-/// CPU time (user + system) of a process, in seconds, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // /proc counts in USER_HZ, 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// CPU seconds of every process named `postgres` (the server's backends and helpers).
-fn postgres_cpu_seconds() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
-        })
-        .map(cpu_seconds)
-        .sum()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-struct Summary {
-    n: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-}
-
-fn summarize(mut v: Vec<f64>) -> Summary {
-    v.sort_by(f64::total_cmp);
-    Summary {
-        n: v.len(),
-        p50_ms: percentile(&v, 50.0),
-        p99_ms: percentile(&v, 99.0),
-        max_ms: v.last().copied().unwrap_or(f64::NAN),
-    }
 }
 
 // ---- peers ------------------------------------------------------------------------------------

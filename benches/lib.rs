@@ -60,3 +60,62 @@ pub fn xueliang_bin(bin: Option<&Path>, build: bool) -> Result<PathBuf, String> 
     }
     Ok(b)
 }
+
+/// CPU time (user + system) of a process, in seconds, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // /proc counts in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every process named `postgres` (the server's backends and helpers).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// The `p`-th percentile of an ascending slice (nearest rank); NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Count, median, 99th percentile and maximum of a sample of milliseconds.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Sorts `v` and summarizes it.
+pub fn summarize(mut v: Vec<f64>) -> Summary {
+    v.sort_by(f64::total_cmp);
+    Summary {
+        n: v.len(),
+        p50_ms: percentile(&v, 50.0),
+        p99_ms: percentile(&v, 99.0),
+        max_ms: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
