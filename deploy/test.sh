@@ -59,8 +59,11 @@ run_tests() {
 test_totals() {
   local passed failed
   if grep -q 'tests run:' "$test_log"; then
-    passed=$(grep -Eo '[0-9]+ passed' "$test_log" | tail -1 | grep -Eo '[0-9]+')
-    failed=$(grep -Eo '[0-9]+ failed' "$test_log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    # nextest's own summary line; a test's output printed after it has "passed" lines too.
+    local summary
+    summary=$(grep -E 'Summary \[.*tests run:' "$test_log" | tail -1)
+    passed=$(grep -Eo '[0-9]+ passed' <<<"$summary" | grep -Eo '[0-9]+' || echo 0)
+    failed=$(grep -Eo '[0-9]+ failed' <<<"$summary" | grep -Eo '[0-9]+' || echo 0)
   else
     passed=$(grep -Eo 'test result: .* [0-9]+ passed' "$test_log" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
     failed=$(grep -Eo '[0-9]+ failed;' "$test_log" | awk '{s += $1} END {print s + 0}')
