@@ -70,7 +70,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use xueliang_benches::{
-    Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, xueliang_bin,
+    Broker, Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, xueliang_bin,
 };
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -169,52 +169,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// Mosquitto on a free loopback port, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    fn start(dir: &Path, inflight: u32, nodelay: bool) -> Result<Broker> {
-        let port = free_port()?;
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nmax_inflight_messages {inflight}\n\
-                 set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("mosquitto.log"))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start mosquitto (Debian package mosquitto): {e}"))?;
-        let b = Broker { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(format!("mosquitto did not listen on {port}").into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(b)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `xueliang run`, output to a log file; terminated on [`Service::stop`], killed on drop.
@@ -883,7 +837,7 @@ async fn run_backend(opts: &Opts, bin: &Path, backend: &str, base: &Path) -> Res
     let cpu = |pg_too: bool| {
         (
             cpu_seconds(svc.pid()),
-            cpu_seconds(broker.child.id()),
+            cpu_seconds(broker.pid()),
             cpu_seconds(std::process::id()),
             if pg_too { postgres_cpu_seconds() } else { 0.0 },
         )

@@ -73,7 +73,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{Notify, watch};
 use xueliang_benches::{
-    Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, workspace_root,
+    Broker, Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, workspace_root,
 };
 use xueliang_bridge::gb28181::{
     self, Catalog, Channel, ChannelKind, DeviceInfo, GbAlarmSink, PlatformConfig, alarm_method,
@@ -377,52 +377,6 @@ fn sipp_alarms(log: &Path) -> Vec<SippAlarm> {
         }
     }
     out
-}
-
-/// Mosquitto on a free loopback port, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    fn start(dir: &Path, nodelay: bool) -> Result<Broker> {
-        let port = free_port(true)?;
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nmax_inflight_messages 100\n\
-                 set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("mosquitto.log"))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start mosquitto (Debian package mosquitto): {e}"))?;
-        let b = Broker { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(format!("mosquitto did not listen on {port}").into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(b)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---- what the peer received -------------------------------------------------------------------
@@ -865,7 +819,7 @@ impl Peer {
         self.sipp
             .as_ref()
             .map(|s| s.child.id())
-            .or_else(|| self.broker.as_ref().map(|b| b.child.id()))
+            .or_else(|| self.broker.as_ref().map(Broker::pid))
     }
 }
 
@@ -969,7 +923,7 @@ async fn start_sink(
             _catalog: Some(tx),
         });
     }
-    let broker = Broker::start(dir, opts.nodelay)?;
+    let broker = Broker::start(dir, 100, opts.nodelay)?;
     // The city's consumer: counts each event_id as it arrives.
     let mut o = MqttOptions::new("bridge-bench-city-consumer", "127.0.0.1", broker.port);
     o.set_clean_session(true)

@@ -6,7 +6,8 @@
 //! helpers here find it and the cargo target directory they write their results to.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
@@ -117,5 +118,63 @@ pub fn summarize(mut v: Vec<f64>) -> Summary {
         p50_ms: percentile(&v, 50.0),
         p99_ms: percentile(&v, 99.0),
         max_ms: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+/// Mosquitto on a free loopback port, with its configuration and log in `dir`; killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+}
+
+impl Broker {
+    /// `inflight`: Mosquitto's `max_inflight_messages`; `nodelay`: `set_tcp_nodelay`.
+    pub fn start(
+        dir: &Path,
+        inflight: u32,
+        nodelay: bool,
+    ) -> Result<Broker, Box<dyn std::error::Error + Send + Sync>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 100000\nmax_inflight_messages {inflight}\n\
+                 set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("mosquitto.log"))?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start mosquitto (Debian package mosquitto): {e}"))?;
+        let b = Broker { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("mosquitto did not listen on {port}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(b)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
