@@ -70,7 +70,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use xueliang_benches::{
-    Broker, Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, xueliang_bin,
+    Broker, Summary, cpu_seconds, parse_backends, postgres_cpu_seconds, summarize, target_dir,
+    xueliang_bin,
 };
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -130,16 +131,7 @@ impl Opts {
             match a.as_str() {
                 // cargo passes `--bench` to harness-less bench targets.
                 "--bench" => {}
-                "--backends" => {
-                    o.backends = value()?.split(',').map(str::to_owned).collect();
-                    if let Some(b) = o
-                        .backends
-                        .iter()
-                        .find(|b| !matches!(b.as_str(), "sqlite" | "postgres"))
-                    {
-                        return Err(format!("unknown backend {b:?}: sqlite or postgres").into());
-                    }
-                }
+                "--backends" => o.backends = parse_backends(&value()?)?,
                 "--rates" => {
                     o.rates = value()?
                         .split(',')

@@ -73,7 +73,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{Notify, watch};
 use xueliang_benches::{
-    Broker, Summary, cpu_seconds, postgres_cpu_seconds, summarize, target_dir, workspace_root,
+    Broker, Summary, cpu_seconds, parse_backends, postgres_cpu_seconds, summarize, target_dir,
+    workspace_root,
 };
 use xueliang_bridge::gb28181::{
     self, Catalog, Channel, ChannelKind, DeviceInfo, GbAlarmSink, PlatformConfig, alarm_method,
@@ -169,16 +170,7 @@ impl Opts {
             match a.as_str() {
                 // cargo passes `--bench` to harness-less bench targets.
                 "--bench" => {}
-                "--backends" => {
-                    o.backends = value()?.split(',').map(str::to_owned).collect();
-                    if let Some(b) = o
-                        .backends
-                        .iter()
-                        .find(|b| !matches!(b.as_str(), "sqlite" | "postgres"))
-                    {
-                        return Err(format!("unknown backend {b:?}: sqlite or postgres").into());
-                    }
-                }
+                "--backends" => o.backends = parse_backends(&value()?)?,
                 "--sinks" => {
                     o.sinks = value()?
                         .split(',')

@@ -178,3 +178,13 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// A `--backends` value: a comma-separated list of `sqlite` and `postgres`.
+pub fn parse_backends(v: &str) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(|b| match b {
+            "sqlite" | "postgres" => Ok(b.to_owned()),
+            other => Err(format!("unknown backend {other:?}: sqlite or postgres")),
+        })
+        .collect()
+}
